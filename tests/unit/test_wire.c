@@ -227,7 +227,7 @@ static void test_header_over_limit(void **state)
 	/* with the whole URI present the frame still needs offset and length */
 	assert_int_equal(wire_decode(buf, 6 + 4000, 0, &f, &used), WIRE_NEED_MORE);
 	/* a valid GET padded with nil extra fields past the limit is refused as too big */
-	static const uint8_t get[] = {0xdc, 0x10, 0x00, 0x02, 0x01, 0xa1, 'x', 0x00, 0xc0};
+	static const uint8_t get[] = {0xdc, 0x1f, 0xfe, 0x02, 0x01, 0xa1, 'x', 0x00, 0xc0};
 	memcpy(buf, get, sizeof(get));
 	memset(buf + sizeof(get), 0xc0, WIRE_MAX_HEADER + 100 - sizeof(get));
 	assert_int_equal(wire_decode(buf, WIRE_MAX_HEADER + 100, 0, &f, &used), WIRE_TOO_BIG);
