@@ -1,0 +1,60 @@
+/* core.h: what the parts of the extension module s3dlio._core share.
+ *
+ * module.c owns the module and its state (the heap types, s3dlio.Error) and the mapping of
+ * S3DLIO_E_* codes to Python exceptions; bytesview.c owns BytesView and the aligned buffers
+ * it adopts; client.c owns Client, the wrapper of s3dlio_client. */
+#ifndef S3DLIO_PYEXT_CORE_H
+#define S3DLIO_PYEXT_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#include <s3dlio/s3dlio.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+/* PyModule_AddObjectRef arrived in 3.10. */
+static inline int core_add_object_ref(PyObject *module, const char *name, PyObject *value)
+{
+	Py_INCREF(value);
+	if (PyModule_AddObject(module, name, value) < 0) {
+		Py_DECREF(value);
+		return -1;
+	}
+	return 0;
+}
+#define PyModule_AddObjectRef core_add_object_ref
+#endif
+
+typedef struct core_state {
+	PyTypeObject *bytesview_type;
+	PyTypeObject *client_type;
+	PyObject *error; /* s3dlio.Error, a RuntimeError */
+} core_state;
+
+/* The state of the module that defined type (types of this module are final, so the type
+ * of self is always the defining class). */
+static inline core_state *core_state_of_type(PyTypeObject *type)
+{
+	return (core_state *)PyType_GetModuleState(type);
+}
+
+/* Sets the exception that matches code with message msg, which should name uri; when it does
+ * not, uri is put in front. Returns NULL so callers can `return core_raise(...)`. */
+PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri);
+
+/* ---- bytesview.c ---- */
+
+/* Aligned allocation for object bytes (callable without the GIL). Size 0 still gets a small
+ * real allocation, so a successful call never returns NULL. */
+void *bytesview_alloc_raw(uint64_t size);
+void bytesview_free_raw(void *ptr);
+
+/* A BytesView that adopts ptr (from bytesview_alloc_raw, or NULL when size is 0). On failure
+ * ptr is freed and NULL is returned with an exception set. Needs the GIL. */
+PyObject *bytesview_adopt(core_state *st, void *ptr, Py_ssize_t size);
+
+int bytesview_add_type(PyObject *module, core_state *st);
+int client_add_type(PyObject *module, core_state *st);
+
+#endif
