@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* Exported symbols: the library is built with -fvisibility=hidden. */
+#if defined(__GNUC__) || defined(__clang__)
+#define S3DLIO_API __attribute__((visibility("default")))
+#else
+#define S3DLIO_API
+#endif
+
 #define S3DLIO_TO_END UINT64_MAX
 
 enum s3dlio_code {
@@ -98,46 +105,54 @@ typedef struct s3dlio_stats {
 	uint64_t busy_retries;   /* requests retried after BUSY */
 } s3dlio_stats;
 
-/* url: tcp://HOST:PORT or unix:///PATH. opts may be NULL. Connects once to check the
- * server is there (returns NULL with *err filled when it is not). */
-s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts, s3dlio_error *err);
-void s3dlio_client_free(s3dlio_client *c);
-const char *s3dlio_client_url(const s3dlio_client *c);
+/* url: tcp://HOST:PORT or unix:///PATH. opts may be NULL (defaults; verify_crc then follows
+ * S3DLIO_VERIFY_CRC, the token S3DLIO_TOKEN). Connects once to check the server is there
+ * (returns NULL with *err filled when it is not). */
+S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts,
+					    s3dlio_error *err);
+S3DLIO_API void s3dlio_client_free(s3dlio_client *c);
+S3DLIO_API const char *s3dlio_client_url(const s3dlio_client *c);
 
-/* Whole object or range into a buffer from alloc. On success *data and *size describe it. */
-int s3dlio_get(s3dlio_client *c, const char *uri, uint64_t offset, uint64_t length,
-	       s3dlio_alloc_fn alloc, s3dlio_release_fn release, void *ctx, void **data,
-	       uint64_t *size, s3dlio_object_info *info, s3dlio_error *err);
+/* Whole object or range into a buffer from alloc. On success *data and *size describe it.
+ * alloc NULL: the buffer comes from malloc (free it with free()). */
+S3DLIO_API int s3dlio_get(s3dlio_client *c, const char *uri, uint64_t offset, uint64_t length,
+			  s3dlio_alloc_fn alloc, s3dlio_release_fn release, void *ctx, void **data,
+			  uint64_t *size, s3dlio_object_info *info, s3dlio_error *err);
 
 /* Object or range into the caller's buffer; S3DLIO_E_TOO_SMALL when it does not fit. */
-int s3dlio_get_into(s3dlio_client *c, const char *uri, uint64_t offset, uint64_t length,
-		    void *buf, uint64_t cap, uint64_t *size, s3dlio_error *err);
+S3DLIO_API int s3dlio_get_into(s3dlio_client *c, const char *uri, uint64_t offset,
+			       uint64_t length, void *buf, uint64_t cap, uint64_t *size,
+			       s3dlio_error *err);
 
-/* Many requests, at most max_in_flight outstanding at once, pipelined over up to
+/* Many requests, at most max_in_flight outstanding at once (0: 64), pipelined over up to
  * max_connections connections. Every request gets a status. Returns S3DLIO_OK when all
- * succeeded, else the code of the first failed request (in input order) with *err naming it. */
-int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n, unsigned max_in_flight,
-		    s3dlio_alloc_fn alloc, s3dlio_release_fn release, void *ctx, s3dlio_error *err);
+ * succeeded, else the code of the first failed request (in input order) with *err naming it.
+ * A request with buf set lands there; the others in buffers from alloc (NULL: malloc). */
+S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
+			       unsigned max_in_flight, s3dlio_alloc_fn alloc,
+			       s3dlio_release_fn release, void *ctx, s3dlio_error *err);
 /* Free the error strings of a request array. */
-void s3dlio_requests_clear(s3dlio_request *reqs, size_t n);
+S3DLIO_API void s3dlio_requests_clear(s3dlio_request *reqs, size_t n);
 
 /* Upload from the caller's buffer (sent without a copy). Returns only once the server has
  * stored the whole object and checked its size and CRC32C. */
-int s3dlio_put(s3dlio_client *c, const char *uri, const void *data, uint64_t size, s3dlio_error *err);
+S3DLIO_API int s3dlio_put(s3dlio_client *c, const char *uri, const void *data, uint64_t size,
+			  s3dlio_error *err);
 
-int s3dlio_stat(s3dlio_client *c, const char *uri, s3dlio_object_info *info, s3dlio_error *err);
+S3DLIO_API int s3dlio_stat(s3dlio_client *c, const char *uri, s3dlio_object_info *info,
+			   s3dlio_error *err);
 
 /* Called once per listed entry; uri is NUL-terminated. Return non-zero to stop early. */
 typedef int (*s3dlio_list_fn)(void *ctx, const char *uri, uint64_t size, int64_t mtime_ns,
 			      int is_prefix);
-int s3dlio_list(s3dlio_client *c, const char *uri, int recursive, s3dlio_list_fn fn, void *ctx,
-		s3dlio_error *err);
+S3DLIO_API int s3dlio_list(s3dlio_client *c, const char *uri, int recursive, s3dlio_list_fn fn,
+			   void *ctx, s3dlio_error *err);
 
-int s3dlio_delete(s3dlio_client *c, const char *uri, s3dlio_error *err);
+S3DLIO_API int s3dlio_delete(s3dlio_client *c, const char *uri, s3dlio_error *err);
 
-void s3dlio_get_stats(s3dlio_client *c, s3dlio_stats *out);
+S3DLIO_API void s3dlio_get_stats(s3dlio_client *c, s3dlio_stats *out);
 
-const char *s3dlio_code_str(int code);
+S3DLIO_API const char *s3dlio_code_str(int code);
 
 #ifdef __cplusplus
 }
