@@ -21,7 +21,7 @@
 #define BV_HUGE_FROM (4 * 1024 * 1024)
 
 typedef struct bytesview_object {
-	PyObject_HEAD
+	PyObject ob_base; /* PyObject_HEAD */
 	char *data;
 	Py_ssize_t size;
 	Py_ssize_t exports; /* buffers handed out and not yet released */
@@ -73,15 +73,24 @@ PyObject *bytesview_adopt(core_state *st, void *ptr, Py_ssize_t size)
 	return (PyObject *)self;
 }
 
-/* BytesView(data=b"") copies a buffer: for tests, pickling and wrapping foreign bytes. */
+/* Only the client makes BytesViews (instances wrap bytes that arrived from the server). */
 static PyObject *bytesview_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"data", NULL};
-	Py_buffer in = {0};
+	(void)args;
+	(void)kwds;
+	PyErr_Format(PyExc_TypeError,
+	             "cannot create '%.100s' instances: they come from s3dlio.get()",
+	             type->tp_name);
+	return NULL;
+}
+
+PyObject *bytesview_from_buffer(PyObject *module, PyObject *arg)
+{
+	Py_buffer in;
 	void *ptr;
 	PyObject *res;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|y*:BytesView", kwlist, &in))
+	if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0)
 		return NULL;
 	ptr = bytesview_alloc_raw((uint64_t)in.len);
 	if (ptr == NULL) {
@@ -90,7 +99,7 @@ static PyObject *bytesview_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 	}
 	if (in.len > 0)
 		memcpy(ptr, in.buf, (size_t)in.len);
-	res = bytesview_adopt(core_state_of_type(type), ptr, in.len);
+	res = bytesview_adopt((core_state *)PyModule_GetState(module), ptr, in.len);
 	PyBuffer_Release(&in);
 	return res;
 }
@@ -110,7 +119,7 @@ static int bytesview_getbuffer(bytesview_object *self, Py_buffer *view, int flag
 {
 	if (flags & PyBUF_WRITABLE) {
 		PyErr_SetString(PyExc_BufferError,
-				"BytesView is read-only (copy it, e.g. bytearray(view), to write)");
+		                "BytesView is read-only (copy it, e.g. bytearray(view), to write)");
 		view->obj = NULL;
 		return -1;
 	}
@@ -149,7 +158,8 @@ static PyObject *bytesview_richcompare(PyObject *self, PyObject *other, int op)
 		PyErr_Clear();
 		Py_RETURN_NOTIMPLEMENTED;
 	}
-	eq = ob.len == bv->size && (bv->size == 0 || memcmp(ob.buf, bv->data, (size_t)bv->size) == 0);
+	eq = ob.len == bv->size &&
+	     (bv->size == 0 || memcmp(ob.buf, bv->data, (size_t)bv->size) == 0);
 	PyBuffer_Release(&ob);
 	if (op == Py_NE)
 		eq = !eq;
@@ -168,10 +178,21 @@ static PyObject *bytesview_to_bytes(bytesview_object *self, PyObject *unused)
 	return PyBytes_FromStringAndSize(self->data, self->size);
 }
 
+/* Pickles as a copy, rebuilt by s3dlio._core._bytesview (DataLoader workers send results
+ * to the main process this way). */
 static PyObject *bytesview_reduce(bytesview_object *self, PyObject *unused)
 {
+	PyObject *module, *fn, *res;
+
 	(void)unused;
-	return Py_BuildValue("(O(y#))", (PyObject *)Py_TYPE(self), self->data, self->size);
+	module = PyType_GetModule(Py_TYPE(self));
+	if (module == NULL)
+		return NULL;
+	fn = PyObject_GetAttrString(module, "_bytesview");
+	if (fn == NULL)
+		return NULL;
+	res = Py_BuildValue("(N(y#))", fn, self->data, self->size);
+	return res;
 }
 
 static PyObject *bytesview_sizeof(bytesview_object *self, PyObject *unused)
@@ -181,36 +202,35 @@ static PyObject *bytesview_sizeof(bytesview_object *self, PyObject *unused)
 }
 
 static PyMethodDef bytesview_methods[] = {
-	{"memoryview", bytesview_memoryview, METH_NOARGS,
-	 "memoryview() -> memoryview: a read-only view of the bytes (no copy)."},
-	{"to_bytes", (PyCFunction)bytesview_to_bytes, METH_NOARGS,
-	 "to_bytes() -> bytes: a copy of the bytes."},
-	{"__bytes__", (PyCFunction)bytesview_to_bytes, METH_NOARGS,
-	 "__bytes__() -> bytes: a copy of the bytes."},
-	{"__reduce__", (PyCFunction)bytesview_reduce, METH_NOARGS, NULL},
-	{"__sizeof__", (PyCFunction)bytesview_sizeof, METH_NOARGS, NULL},
-	{NULL, NULL, 0, NULL},
+    {"memoryview", bytesview_memoryview, METH_NOARGS,
+     "memoryview() -> memoryview: a read-only view of the bytes (no copy)."},
+    {"to_bytes", (PyCFunction)bytesview_to_bytes, METH_NOARGS,
+     "to_bytes() -> bytes: a copy of the bytes."},
+    {"__bytes__", (PyCFunction)bytesview_to_bytes, METH_NOARGS,
+     "__bytes__() -> bytes: a copy of the bytes."},
+    {"__reduce__", (PyCFunction)bytesview_reduce, METH_NOARGS, NULL},
+    {"__sizeof__", (PyCFunction)bytesview_sizeof, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(bytesview_doc,
-	     "BytesView(data=b'')\n--\n\n"
-	     "The bytes of one object, read-only and zero-copy through the buffer protocol:\n"
-	     "np.frombuffer(view.memoryview()) and np.frombuffer(view) share its memory,\n"
-	     "which lives as long as any view of it. Constructing one copies data.");
+             "The bytes of one object, read-only and zero-copy through the buffer protocol:\n"
+             "np.frombuffer(view.memoryview()) and np.frombuffer(view) share its memory,\n"
+             "which lives as long as any view of it. Made by s3dlio.get() and friends.");
 
 static PyType_Slot bytesview_slots[] = {
-	{Py_tp_doc, (void *)bytesview_doc},
-	{Py_tp_new, bytesview_new},
-	{Py_tp_dealloc, bytesview_dealloc},
-	{Py_tp_repr, bytesview_repr},
-	{Py_tp_richcompare, bytesview_richcompare},
-	{Py_tp_hash, PyObject_HashNotImplemented},
-	{Py_tp_methods, bytesview_methods},
-	{Py_sq_length, bytesview_len},
-	{Py_mp_length, bytesview_len},
-	{Py_bf_getbuffer, bytesview_getbuffer},
-	{Py_bf_releasebuffer, bytesview_releasebuffer},
-	{0, NULL},
+    {Py_tp_doc, (void *)bytesview_doc},
+    {Py_tp_new, bytesview_new},
+    {Py_tp_dealloc, bytesview_dealloc},
+    {Py_tp_repr, bytesview_repr},
+    {Py_tp_richcompare, bytesview_richcompare},
+    {Py_tp_hash, PyObject_HashNotImplemented},
+    {Py_tp_methods, bytesview_methods},
+    {Py_sq_length, bytesview_len},
+    {Py_mp_length, bytesview_len},
+    {Py_bf_getbuffer, bytesview_getbuffer},
+    {Py_bf_releasebuffer, bytesview_releasebuffer},
+    {0, NULL},
 };
 
 #ifndef Py_TPFLAGS_IMMUTABLETYPE
@@ -218,15 +238,16 @@ static PyType_Slot bytesview_slots[] = {
 #endif
 
 static PyType_Spec bytesview_spec = {
-	.name = "s3dlio.BytesView",
-	.basicsize = sizeof(bytesview_object),
-	.flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
-	.slots = bytesview_slots,
+    .name = "s3dlio.BytesView",
+    .basicsize = sizeof(bytesview_object),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = bytesview_slots,
 };
 
 int bytesview_add_type(PyObject *module, core_state *st)
 {
-	st->bytesview_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bytesview_spec, NULL);
+	st->bytesview_type =
+	    (PyTypeObject *)PyType_FromModuleAndSpec(module, &bytesview_spec, NULL);
 	if (st->bytesview_type == NULL)
 		return -1;
 	return PyModule_AddType(module, st->bytesview_type);

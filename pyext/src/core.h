@@ -12,8 +12,8 @@
 
 #include <s3dlio/s3dlio.h>
 
+/* PyModule_AddObjectRef and Py_NewRef arrived in 3.10. */
 #if PY_VERSION_HEX < 0x030A0000
-/* PyModule_AddObjectRef arrived in 3.10. */
 static inline int core_add_object_ref(PyObject *module, const char *name, PyObject *value)
 {
 	Py_INCREF(value);
@@ -24,6 +24,14 @@ static inline int core_add_object_ref(PyObject *module, const char *name, PyObje
 	return 0;
 }
 #define PyModule_AddObjectRef core_add_object_ref
+#endif
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *core_new_ref(PyObject *obj)
+{
+	Py_INCREF(obj);
+	return obj;
+}
+#define Py_NewRef(obj) core_new_ref((PyObject *)(obj))
 #endif
 
 typedef struct core_state {
@@ -54,6 +62,8 @@ void bytesview_free_raw(void *ptr);
  * ptr is freed and NULL is returned with an exception set. Needs the GIL. */
 PyObject *bytesview_adopt(core_state *st, void *ptr, Py_ssize_t size);
 
+/* _bytesview(buffer): a BytesView holding a copy of buffer (for unpickling). */
+PyObject *bytesview_from_buffer(PyObject *module, PyObject *arg);
 int bytesview_add_type(PyObject *module, core_state *st);
 int client_add_type(PyObject *module, core_state *st);
 

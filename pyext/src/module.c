@@ -9,37 +9,26 @@ PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri)
 	PyObject *exc;
 
 	switch (code) {
-	case S3DLIO_E_NOT_FOUND:
-		exc = PyExc_FileNotFoundError;
-		break;
-	case S3DLIO_E_PERMISSION:
-		exc = PyExc_PermissionError;
-		break;
+	case S3DLIO_E_NOT_FOUND: exc = PyExc_FileNotFoundError; break;
+	case S3DLIO_E_PERMISSION: exc = PyExc_PermissionError; break;
 	case S3DLIO_E_INVALID:
 	case S3DLIO_E_RANGE:
 	case S3DLIO_E_TOO_SMALL:
-	case S3DLIO_E_TOO_LARGE:
-		exc = PyExc_ValueError;
-		break;
-	case S3DLIO_E_CONNECTION:
-		exc = PyExc_ConnectionError;
-		break;
-	case S3DLIO_E_TIMEOUT:
-		exc = PyExc_TimeoutError;
-		break;
-	default:
-		exc = st->error;
-		break;
+	case S3DLIO_E_TOO_LARGE: exc = PyExc_ValueError; break;
+	case S3DLIO_E_CONNECTION: exc = PyExc_ConnectionError; break;
+	case S3DLIO_E_TIMEOUT: exc = PyExc_TimeoutError; break;
+	default: exc = st->error; break;
 	}
 	if (msg == NULL || msg[0] == '\0')
 		msg = s3dlio_code_str(code);
 	if (msg == NULL)
 		msg = "unknown error";
-	/* The message must name the URI: users hit opaque errors with the original. */
+	/* The message must name the URI: users hit opaque errors with the original. %s decodes
+	 * UTF-8 with "replace", so a file name that is not UTF-8 cannot hide the error. */
 	if (uri != NULL && uri[0] != '\0' && strstr(msg, uri) == NULL)
 		PyErr_Format(exc, "%s: %s", uri, msg);
 	else
-		PyErr_SetString(exc, msg);
+		PyErr_Format(exc, "%s", msg);
 	return NULL;
 }
 
@@ -48,10 +37,10 @@ static int core_exec(PyObject *module)
 	core_state *st = PyModule_GetState(module);
 
 	st->error = PyErr_NewExceptionWithDoc(
-		"s3dlio.Error",
-		"A failure of the s3dlio service (backend, I/O, checksum, protocol, busy); "
-		"the message names the URI and the cause.",
-		PyExc_RuntimeError, NULL);
+	    "s3dlio.Error",
+	    "A failure of the s3dlio service (backend, I/O, checksum, protocol, busy); "
+	    "the message names the URI and the cause.",
+	    PyExc_RuntimeError, NULL);
 	if (st->error == NULL)
 		return -1;
 	if (PyModule_AddObjectRef(module, "Error", st->error) < 0)
@@ -100,25 +89,27 @@ static PyObject *core_code_str(PyObject *module, PyObject *arg)
 }
 
 static PyMethodDef core_methods[] = {
-	{"code_str", core_code_str, METH_O, "code_str(code) -> str: the name of an S3DLIO_E_* code."},
-	{NULL, NULL, 0, NULL},
+    {"code_str", core_code_str, METH_O, "code_str(code) -> str: the name of an S3DLIO_E_* code."},
+    {"_bytesview", bytesview_from_buffer, METH_O,
+     "_bytesview(buffer) -> BytesView: a copy of buffer (used to unpickle BytesView)."},
+    {NULL, NULL, 0, NULL},
 };
 
 static PyModuleDef_Slot core_slots[] = {
-	{Py_mod_exec, core_exec},
-	{0, NULL},
+    {Py_mod_exec, core_exec},
+    {0, NULL},
 };
 
 static struct PyModuleDef core_module = {
-	PyModuleDef_HEAD_INIT,
-	.m_name = "s3dlio._core",
-	.m_doc = "The C core of s3dlio: BytesView, Client and Error.",
-	.m_size = sizeof(core_state),
-	.m_methods = core_methods,
-	.m_slots = core_slots,
-	.m_traverse = core_traverse,
-	.m_clear = core_clear,
-	.m_free = core_free,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "s3dlio._core",
+    .m_doc = "The C core of s3dlio: BytesView, Client and Error.",
+    .m_size = sizeof(core_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void)
