@@ -133,6 +133,41 @@ static int rd_bool(struct rd *r)
 	return 0;
 }
 
+/* Well-formed UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
+static int utf8_valid(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		uint8_t c = p[i];
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		size_t k;
+		uint32_t cp, min;
+		if ((c & 0xe0) == 0xc0) {
+			k = 1, cp = c & 0x1f, min = 0x80;
+		} else if ((c & 0xf0) == 0xe0) {
+			k = 2, cp = c & 0x0f, min = 0x800;
+		} else if ((c & 0xf8) == 0xf0) {
+			k = 3, cp = c & 0x07, min = 0x10000;
+		} else {
+			return 0;
+		}
+		if (n - i <= k)
+			return 0;
+		for (size_t j = 1; j <= k; j++) {
+			if ((p[i + j] & 0xc0) != 0x80)
+				return 0;
+			cp = (cp << 6) | (p[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		i += k + 1;
+	}
+	return 1;
+}
+
 /* A str of at most max bytes; *s points into the input. */
 static void rd_str(struct rd *r, const char **s, uint32_t *len, uint32_t max)
 {
@@ -164,6 +199,10 @@ static void rd_str(struct rd *r, const char **s, uint32_t *len, uint32_t max)
 	}
 	if (!rd_need(r, hdr + n))
 		return;
+	if (!utf8_valid(r->p + hdr, (size_t)n)) {
+		rd_fail(r, WIRE_MALFORMED); /* msgpack str is UTF-8; we echo URIs in messages */
+		return;
+	}
 	*s = (const char *)r->p + hdr;
 	*len = (uint32_t)n;
 	r->p += hdr + n;
@@ -286,14 +325,12 @@ int wire_decode(const uint8_t *buf, size_t len, uint32_t max_payload, struct wir
 {
 	struct rd r = {buf, buf + (len > WIRE_MAX_HEADER ? WIRE_MAX_HEADER : len), 0};
 	uint32_t n = rd_array(&r);
+	if (!r.err && n < 2)
+		rd_fail(&r, WIRE_MALFORMED); /* before reading on: [] is complete and wrong */
 	uint32_t type = (uint32_t)rd_uint(&r);
 	uint64_t id = rd_uint(&r);
 	if (r.err)
 		goto done;
-	if (n < 2) {
-		rd_fail(&r, WIRE_MALFORMED);
-		goto done;
-	}
 	int need = fields_needed(type);
 	if (need < 0 || n - 2 < (uint32_t)need) {
 		rd_fail(&r, WIRE_MALFORMED);

@@ -20,6 +20,7 @@ FRAMES = [
     ("get_big_id", T["GET"], 2**40 + 5, ["s3://bucket/key with space", 2**33, 65536],
      ["uri", "offset", "length"]),
     ("stat", T["STAT"], 3, ["file:///data/dir/a"], ["uri"]),
+    ("stat_utf8", T["STAT"], 3, ["file:///data/données/\u00e9\U0001f600.bin"], ["uri"]),
     ("list_recursive", T["LIST"], 4, ["file:///data/" + "d" * 40 + "/", 1], ["uri", "flags"]),
     ("put", T["PUT"], 5, ["file:///data/out.bin", 20 * 2**20], ["uri", "size"]),
     ("delete", T["DELETE"], 6, ["file:///data/out.bin"], ["uri"]),
@@ -78,6 +79,10 @@ def main():
         ("str32_huge", b"\x95\x02\x01\xdb\xff\xff\xff\xf0", "TOO_BIG"),
         ("data_over_cap", msgpack.packb([32, 1, 0]) + b"\xc6\x10\x00\x00\x01", "TOO_BIG"),
         ("data_not_bin", msgpack.packb([32, 1, 0]) + b"\xa3abc", "MALFORMED"),
+        ("empty_array", b"\x90", "MALFORMED"),
+        ("one_element", b"\x91\x02", "MALFORMED"),
+        ("uri_not_utf8", b"\x95\x02\x01\xa4\xff\xfe\xfd\xfc\x00\xc0", "MALFORMED"),
+        ("uri_surrogate", b"\x95\x02\x01\xa3\xed\xa0\x80\x00\xc0", "MALFORMED"),
         ("nested_extra", msgpack.packb([3, 1, "file:///x", [1, 2]]), "MALFORMED"),
     ]
     for name, b, expect in hostile:
