@@ -566,7 +566,11 @@ class Smoke:
             if srv.alive():
                 srv.proc.kill()
 
+    def open_fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.srv.proc.pid))
+
     def run(self):
+        fds_before = self.open_fds()
         tests = [n for n in dir(self) if n.startswith("test_")]
         only = os.environ.get("WIRE_SMOKE_ONLY")
         failed = 0
@@ -580,6 +584,13 @@ class Smoke:
             except Exception as exc:  # report every failing check, not only the first
                 failed += 1
                 print("FAIL %-28s %s: %s" % (name, type(exc).__name__, exc))
+        # every connection, file and upload of the checks above is closed by now
+        deadline = time.time() + 5
+        while self.open_fds() > fds_before and time.time() < deadline:
+            time.sleep(0.1)
+        if self.open_fds() > fds_before:
+            print("FAIL descriptors leaked: %d open, %d at start" % (self.open_fds(), fds_before))
+            failed += 1
         rc = self.srv.stop()
         if rc != 0:
             print("FAIL server exit status %d" % rc)

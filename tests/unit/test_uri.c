@@ -53,8 +53,7 @@ static void path_of(char *out, size_t cap, const struct tree *t, const char *rel
 	snprintf(out, cap, "%s/%s", t->root, rel);
 }
 
-static void uri_of(char *out, size_t cap, const struct tree *t, const char *scheme,
-		   const char *rel)
+static void uri_of(char *out, size_t cap, const struct tree *t, const char *scheme, const char *rel)
 {
 	snprintf(out, cap, "%s://%s/%s", scheme, t->root, rel);
 }
@@ -170,7 +169,7 @@ static void test_parse_errors(void **state)
 	expect_parse_error("file://", 7, WIRE_E_INVALID, "empty path");
 	expect_parse_error("file://data/x", 13, WIRE_E_INVALID, "absolute");
 	expect_parse_error("file:///data/../etc", 19, WIRE_E_INVALID,
-			   "file:///data/../etc: path contains '..'");
+	                   "file:///data/../etc: path contains '..'");
 	expect_parse_error("file:///data/..", 15, WIRE_E_INVALID, "'..'");
 	expect_parse_error("file:///../x", 12, WIRE_E_INVALID, "'..'");
 	expect_parse_error("direct:///a/./b", 15, WIRE_E_INVALID, "'.'");
@@ -370,13 +369,13 @@ static void test_open_parent(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_ok),
-		cmocka_unit_test(test_parse_errors),
-		cmocka_unit_test(test_allow_everything_and_nothing),
-		cmocka_unit_test_setup_teardown(test_allow_matching, tree_setup, tree_teardown),
-		cmocka_unit_test_setup_teardown(test_confinement_openat2, tree_setup, tree_teardown),
-		cmocka_unit_test_setup_teardown(test_confinement_fallback, tree_setup, tree_teardown),
-		cmocka_unit_test_setup_teardown(test_open_parent, tree_setup, tree_teardown),
+	    cmocka_unit_test(test_parse_ok),
+	    cmocka_unit_test(test_parse_errors),
+	    cmocka_unit_test(test_allow_everything_and_nothing),
+	    cmocka_unit_test_setup_teardown(test_allow_matching, tree_setup, tree_teardown),
+	    cmocka_unit_test_setup_teardown(test_confinement_openat2, tree_setup, tree_teardown),
+	    cmocka_unit_test_setup_teardown(test_confinement_fallback, tree_setup, tree_teardown),
+	    cmocka_unit_test_setup_teardown(test_open_parent, tree_setup, tree_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,649 @@
+/* file.c: the file:// and direct:// backends (local files beneath an --allow root).
+ *
+ * file:// sends payload with sendfile (one libevent file segment per DATA frame) and
+ * computes the CRC32C by pread()ing the same range into the thread's scratch buffer; the
+ * pread also tells us, before any DATA header is written, whether the file shrank. We do
+ * not mmap: a file truncated while mapped would SIGBUS the whole server.
+ *
+ * direct:// reads with O_DIRECT into 4096-aligned buffers covering an aligned superset of
+ * the range, and hands the wanted slice to the socket buffer by reference.
+ *
+ * Uploads (either scheme) go to a temporary file beside the target, which is fsynced and
+ * renamed over it only once every byte arrived and matched. */
+#include "backend.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define FILE_DIRECT_ALIGN 4096u
+#define FILE_LIST_MAX_DEPTH 128
+
+struct backend_reader {
+	int fd;
+	int direct;
+	char *uri; /* for messages */
+};
+
+struct backend_writer {
+	int dirfd;
+	int fd;
+	uint64_t off;
+	char tmp[NAME_MAX + 1];
+	char *base;
+	char *uri;
+};
+
+static int64_t file_mtime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+static void file_info(const struct stat *st, struct backend_info *info)
+{
+	info->size = (uint64_t)st->st_size;
+	info->mtime_ns = file_mtime_ns(st);
+	/* not a content hash: changes whenever the file is rewritten, which is what a cache
+	 * validator needs */
+	int n = snprintf(info->etag, sizeof(info->etag), "%" PRIx64 "-%" PRIx64,
+	                 (uint64_t)info->mtime_ns, info->size);
+	info->etag_len = n > 0 ? (uint32_t)n : 0;
+}
+
+static int file_check_regular(const struct uri *u, const struct stat *st, struct err *e)
+{
+	if (S_ISDIR(st->st_mode))
+		return err_set(e, WIRE_E_INVALID, "%s: is a directory", u->text);
+	if (!S_ISREG(st->st_mode))
+		return err_set(e, WIRE_E_INVALID, "%s: not a regular file", u->text);
+	return 0;
+}
+
+static int file_stat(struct backend_ctx *ctx, const struct uri *u, struct backend_info *info,
+                     struct err *e)
+{
+	int fd = -1;
+	struct stat st;
+	int result = uri_open(ctx->policy, u, u->path, O_PATH, &fd, e);
+	if (result < 0)
+		goto done;
+	if (fstat(fd, &st) < 0) {
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	result = file_check_regular(u, &st, e);
+	if (result < 0)
+		goto done;
+	file_info(&st, info);
+done:
+	if (fd >= 0)
+		close(fd);
+	return result;
+}
+
+static int file_open_common(struct backend_ctx *ctx, const struct uri *u, int direct,
+                            struct backend_reader **rp, struct backend_info *info, struct err *e)
+{
+	struct backend_reader *r = NULL;
+	int fd = -1;
+	struct stat st;
+	int result = uri_open(ctx->policy, u, u->path, O_RDONLY, &fd, e);
+	if (result < 0)
+		goto done;
+	if (fstat(fd, &st) < 0) {
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	result = file_check_regular(u, &st, e);
+	if (result < 0)
+		goto done;
+	/* set after the open so that EINVAL here means exactly "no O_DIRECT on this fs" */
+	if (direct && fcntl(fd, F_SETFL, O_DIRECT) < 0) {
+		if (errno == EINVAL)
+			result = err_set(e, WIRE_E_UNSUPPORTED,
+			                 "%s: filesystem does not support O_DIRECT", u->text);
+		else
+			result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->uri = strdup(u->text))) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+		goto done;
+	}
+	file_info(&st, info);
+	r->fd = fd;
+	r->direct = direct;
+	fd = -1;
+	*rp = r;
+	r = NULL;
+done:
+	if (r) {
+		free(r->uri);
+		free(r);
+	}
+	if (fd >= 0)
+		close(fd);
+	return result;
+}
+
+static int file_open_read(struct backend_ctx *ctx, const struct uri *u, struct backend_reader **r,
+                          struct backend_info *info, struct err *e)
+{
+	return file_open_common(ctx, u, 0, r, info, e);
+}
+
+static int direct_open_read(struct backend_ctx *ctx, const struct uri *u, struct backend_reader **r,
+                            struct backend_info *info, struct err *e)
+{
+	return file_open_common(ctx, u, 1, r, info, e);
+}
+
+/* pread until n bytes or end of file; returns bytes read or -1 (errno set). */
+static ssize_t file_pread_full(int fd, uint8_t *buf, size_t n, uint64_t off)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+static int file_read_sendfile(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off,
+                              size_t n, struct evbuffer *out, uint32_t *crc, struct err *e)
+{
+	struct evbuffer_file_segment *seg = NULL;
+	int segfd = -1;
+	int result = 0;
+	if (n > ctx->max_frame)
+		return err_set(e, WIRE_E_INTERNAL, "%s: read of %zu bytes over the frame size",
+		               r->uri, n);
+	if (!ctx->scratch && !(ctx->scratch = malloc(ctx->max_frame)))
+		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+	ssize_t got = file_pread_full(r->fd, ctx->scratch, n, off);
+	if (got < 0)
+		return err_errno(e, r->uri, errno);
+	if ((size_t)got < n)
+		return err_set(e, WIRE_E_IO, "%s: file shrank during read", r->uri);
+	/* each segment owns a duplicate descriptor: the request may end (and close its fd)
+	 * while segments still wait in the socket buffer */
+	segfd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+	if (segfd < 0) {
+		result = err_errno(e, r->uri, errno);
+		goto done;
+	}
+	seg = evbuffer_file_segment_new(segfd, (ev_off_t)off, (ev_off_t)n,
+	                                EVBUF_FS_CLOSE_ON_FREE | EVBUF_FS_DISABLE_MMAP |
+	                                    EVBUF_FS_DISABLE_LOCKING);
+	if (!seg) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: cannot create a file segment", r->uri);
+		goto done;
+	}
+	segfd = -1; /* the segment closes it */
+	if (evbuffer_add_file_segment(out, seg, 0, (ev_off_t)n) < 0) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: cannot queue a file segment", r->uri);
+		goto done;
+	}
+	*crc = wire_crc32c(*crc, ctx->scratch, n);
+done:
+	if (seg)
+		evbuffer_file_segment_free(seg); /* the buffer holds its own reference */
+	if (segfd >= 0)
+		close(segfd);
+	return result;
+}
+
+static void file_free_aligned(const void *data, size_t len, void *base)
+{
+	(void)data;
+	(void)len;
+	free(base);
+}
+
+static int file_read_direct(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off,
+                            size_t n, struct evbuffer *out, uint32_t *crc, struct err *e)
+{
+	(void)ctx;
+	uint8_t *buf = NULL;
+	int result = 0;
+	uint64_t a_off = off & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
+	uint64_t end = off + n;
+	uint64_t a_end = (end + FILE_DIRECT_ALIGN - 1) & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
+	size_t alen = (size_t)(a_end - a_off);
+	size_t need = (size_t)(end - a_off);
+	if (posix_memalign((void **)&buf, FILE_DIRECT_ALIGN, alen) != 0)
+		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+	size_t got = 0;
+	while (got < need) {
+		ssize_t k = pread(r->fd, buf + got, alen - got, (off_t)(a_off + got));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EINVAL) {
+			result = err_set(e, WIRE_E_UNSUPPORTED,
+			                 "%s: filesystem does not support O_DIRECT", r->uri);
+			goto done;
+		}
+		if (k < 0) {
+			result = err_errno(e, r->uri, errno);
+			goto done;
+		}
+		if (k == 0)
+			break;
+		got += (size_t)k;
+		if (got % FILE_DIRECT_ALIGN)
+			break; /* a short, unaligned read: the end of the file */
+	}
+	if (got < need) {
+		result = err_set(e, WIRE_E_IO, "%s: file shrank during read", r->uri);
+		goto done;
+	}
+	uint8_t *payload = buf + (off - a_off);
+	if (evbuffer_add_reference(out, payload, n, file_free_aligned, buf) < 0) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: cannot queue a buffer", r->uri);
+		goto done;
+	}
+	*crc = wire_crc32c(*crc, payload, n);
+	buf = NULL; /* freed by file_free_aligned once sent */
+done:
+	free(buf);
+	return result;
+}
+
+static int file_read(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off, size_t n,
+                     struct evbuffer *out, uint32_t *crc, struct err *e)
+{
+	if (r->direct)
+		return file_read_direct(r, ctx, off, n, out, crc, e);
+	return file_read_sendfile(r, ctx, off, n, out, crc, e);
+}
+
+static void file_close_read(struct backend_reader *r)
+{
+	if (!r)
+		return;
+	close(r->fd);
+	free(r->uri);
+	free(r);
+}
+
+/* ---- LIST ---- */
+
+#define FILE_TMP_TAG ".s3dlio-"
+
+/* Our own upload in progress (".NAME.s3dlio-<16 hex>.tmp", see file_put_open): never listed,
+ * an object exists only once renamed into place. */
+static int file_is_upload_temp(const char *name, size_t len)
+{
+	const size_t tail = sizeof(FILE_TMP_TAG) - 1 + 16 + 4;
+	if (name[0] != '.' || len < 1 + tail)
+		return 0;
+	const char *t = name + len - tail;
+	if (memcmp(t, FILE_TMP_TAG, sizeof(FILE_TMP_TAG) - 1) != 0 ||
+	    strcmp(name + len - 4, ".tmp"))
+		return 0;
+	for (const char *h = t + sizeof(FILE_TMP_TAG) - 1; h < name + len - 4; h++)
+		if (!((*h >= '0' && *h <= '9') || (*h >= 'a' && *h <= 'f')))
+			return 0;
+	return 1;
+}
+
+/* Names that are not UTF-8 cannot travel in a msgpack str (clients decode strictly) nor be
+ * named in a request, so a listing leaves them out. */
+static int file_name_is_utf8(const unsigned char *s, size_t len)
+{
+	size_t i = 0;
+	while (i < len) {
+		unsigned char c = s[i];
+		size_t n = c < 0x80             ? 0
+		           : (c & 0xe0) == 0xc0 ? 1
+		           : (c & 0xf0) == 0xe0 ? 2
+		           : (c & 0xf8) == 0xf0 ? 3
+		                                : 4;
+		if (n == 4 || (n == 1 && c < 0xc2) || len - i <= n)
+			return 0; /* a bad lead byte, or the sequence runs past the end */
+		uint32_t cp = n == 0 ? c : c & (0x3f >> n);
+		for (size_t k = 1; k <= n; k++) {
+			if ((s[i + k] & 0xc0) != 0x80)
+				return 0;
+			cp = (cp << 6) | (s[i + k] & 0x3f);
+		}
+		/* overlong forms, surrogates, past U+10FFFF */
+		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		i += n + 1;
+	}
+	return 1;
+}
+
+struct file_walk {
+	struct backend_ctx *ctx;
+	const struct uri *u;
+	struct backend_list *out;
+	int recursive;
+	char path[WIRE_MAX_URI + 1]; /* absolute path of the directory being read, with '/' */
+	char uri[WIRE_MAX_URI + 1];
+};
+
+static int file_walk_add(struct file_walk *w, size_t plen, const char *name, int dir,
+                         const struct stat *st, struct err *e)
+{
+	int n = snprintf(w->uri, sizeof(w->uri), "%s://%.*s%s%s", w->u->scheme_name, (int)plen,
+	                 w->path, name, dir ? "/" : "");
+	if (n < 0 || (size_t)n > WIRE_MAX_URI)
+		return 0; /* a URI the protocol cannot carry: leave it out */
+	if (backend_list_add(w->out, w->uri, dir ? 0 : (uint64_t)st->st_size,
+	                     dir ? 0 : file_mtime_ns(st), dir) < 0)
+		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory while listing", w->u->text);
+	return 0;
+}
+
+/* Read the directory fd (owned: closed here) whose path is w->path[0..plen). */
+static int file_walk_dir(struct file_walk *w, int fd, size_t plen, const char *name_prefix,
+                         int depth, struct err *e)
+{
+	int result = 0;
+	size_t pfx_len = strlen(name_prefix);
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		result = err_errno(e, w->u->text, errno);
+		close(fd);
+		return result;
+	}
+	for (;;) {
+		errno = 0;
+		struct dirent *de = readdir(d);
+		if (!de) {
+			if (errno)
+				result = err_errno(e, w->u->text, errno);
+			break;
+		}
+		const char *name = de->d_name;
+		if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+			continue;
+		if (strncmp(name, name_prefix, pfx_len) != 0)
+			continue;
+		size_t nlen = strlen(name);
+		if (plen + nlen + 1 > WIRE_MAX_URI)
+			continue; /* its URI would be over the protocol's limit */
+		if (file_is_upload_temp(name, nlen) ||
+		    !file_name_is_utf8((const unsigned char *)name, nlen))
+			continue;
+		struct stat st;
+		if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* removed since readdir */
+		int is_link = S_ISLNK(st.st_mode);
+		if (is_link) {
+			/* a link counts as what it points to, if that stays beneath the root */
+			struct err ignored;
+			int lfd = -1;
+			memcpy(w->path + plen, name, nlen + 1);
+			int rc = uri_open(w->ctx->policy, w->u, w->path, O_PATH, &lfd, &ignored);
+			w->path[plen] = '\0';
+			if (rc < 0)
+				continue;
+			rc = fstat(lfd, &st);
+			close(lfd);
+			if (rc < 0)
+				continue;
+		}
+		if (S_ISREG(st.st_mode)) {
+			result = file_walk_add(w, plen, name, 0, &st, e);
+		} else if (S_ISDIR(st.st_mode) && !w->recursive) {
+			result = file_walk_add(w, plen, name, 1, &st, e);
+		} else if (S_ISDIR(st.st_mode) && !is_link && depth < FILE_LIST_MAX_DEPTH) {
+			/* linked directories are not followed: they could loop */
+			int sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0)
+				continue;
+			memcpy(w->path + plen, name, nlen);
+			w->path[plen + nlen] = '/';
+			w->path[plen + nlen + 1] = '\0';
+			result = file_walk_dir(w, sub, plen + nlen + 1, "", depth + 1, e);
+			w->path[plen] = '\0';
+		}
+		if (result < 0)
+			break;
+	}
+	closedir(d);
+	return result;
+}
+
+static int file_list(struct backend_ctx *ctx, const struct uri *u, uint32_t flags,
+                     struct backend_list *out, struct err *e)
+{
+	struct file_walk *w = calloc(1, sizeof(*w));
+	int dirfd = -1;
+	int result = 0;
+	if (!w)
+		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+	w->ctx = ctx;
+	w->u = u;
+	w->out = out;
+	w->recursive = (flags & WIRE_LIST_RECURSIVE) != 0;
+	/* S3 semantics: the URI is a prefix; its directory part is what we read */
+	const char *slash = strrchr(u->path, '/');
+	size_t plen = (size_t)(slash - u->path) + 1;
+	memcpy(w->path, u->path, plen);
+	w->path[plen] = '\0';
+	result = uri_open(ctx->policy, u, w->path, O_RDONLY | O_DIRECTORY, &dirfd, e);
+	if (result == -WIRE_E_NOT_FOUND) {
+		result = 0; /* a missing directory lists nothing, as S3 does */
+		goto done;
+	}
+	if (result < 0)
+		goto done;
+	result = file_walk_dir(w, dirfd, plen, slash + 1, 0, e);
+	dirfd = -1;
+	if (result < 0)
+		goto done;
+	backend_list_sort(out);
+done:
+	if (dirfd >= 0)
+		close(dirfd);
+	free(w);
+	return result;
+}
+
+/* ---- DELETE ---- */
+
+static int file_remove(struct backend_ctx *ctx, const struct uri *u, struct err *e)
+{
+	int dirfd = -1;
+	const char *base;
+	struct stat st;
+	int result = uri_open_parent(ctx->policy, u, 0, &dirfd, &base, e);
+	if (result < 0)
+		goto done;
+	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		result = err_set(e, WIRE_E_INVALID, "%s: is a directory", u->text);
+		goto done;
+	}
+	if (unlinkat(dirfd, base, 0) < 0)
+		result = err_errno(e, u->text, errno);
+done:
+	if (dirfd >= 0)
+		close(dirfd);
+	return result;
+}
+
+/* ---- PUT ---- */
+
+static void file_writer_free(struct backend_writer *w, int unlink_tmp)
+{
+	if (!w)
+		return;
+	if (w->fd >= 0)
+		close(w->fd);
+	if (unlink_tmp && w->dirfd >= 0 && w->tmp[0])
+		unlinkat(w->dirfd, w->tmp, 0);
+	if (w->dirfd >= 0)
+		close(w->dirfd);
+	free(w->base);
+	free(w->uri);
+	free(w);
+}
+
+static int file_put_open(struct backend_ctx *ctx, const struct uri *u, uint64_t size,
+                         struct backend_writer **wp, struct err *e)
+{
+	(void)size;
+	const char *base;
+	struct stat st;
+	uint64_t rnd = 0;
+	int result = 0;
+	struct backend_writer *w = calloc(1, sizeof(*w));
+	if (!w)
+		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+	w->dirfd = w->fd = -1;
+	result = uri_open_parent(ctx->policy, u, 1, &w->dirfd, &base, e);
+	if (result < 0)
+		goto done;
+	if (fstatat(w->dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
+		result = err_set(e, WIRE_E_INVALID, "%s: is a directory", u->text);
+		goto done;
+	}
+	w->base = strdup(base);
+	w->uri = strdup(u->text);
+	if (!w->base || !w->uri) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+		goto done;
+	}
+	if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		rnd = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)w;
+	/* hidden, unique, and short enough for NAME_MAX whatever the target's length */
+	snprintf(w->tmp, sizeof(w->tmp), ".%.200s" FILE_TMP_TAG "%016" PRIx64 ".tmp", base, rnd);
+	w->fd = openat(w->dirfd, w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+	if (w->fd < 0) {
+		w->tmp[0] = '\0';
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	*wp = w;
+	w = NULL;
+done:
+	file_writer_free(w, 1);
+	return result;
+}
+
+static int file_put_write(struct backend_writer *w, const struct iovec *iov, int iovcnt,
+                          struct err *e)
+{
+	struct iovec v[64];
+	int cnt = 0;
+	for (int i = 0; i < iovcnt; i++) {
+		if (!iov[i].iov_len)
+			continue;
+		if (cnt == (int)(sizeof(v) / sizeof(v[0]))) {
+			/* flush the batch so far, then continue */
+			int rc = file_put_write(w, v, cnt, e);
+			if (rc < 0)
+				return rc;
+			cnt = 0;
+		}
+		v[cnt++] = iov[i];
+	}
+	struct iovec *p = v;
+	while (cnt > 0) {
+		ssize_t k = pwritev(w->fd, p, cnt, (off_t)w->off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return err_errno(e, w->uri, errno);
+		w->off += (uint64_t)k;
+		size_t left = (size_t)k;
+		while (cnt > 0 && left >= p->iov_len) {
+			left -= p->iov_len;
+			p++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			p->iov_base = (uint8_t *)p->iov_base + left;
+			p->iov_len -= left;
+		}
+	}
+	return 0;
+}
+
+static int file_put_commit(struct backend_writer *w, struct err *e)
+{
+	int result = 0;
+	int renamed = 0;
+	if (fsync(w->fd) < 0) {
+		result = err_errno(e, w->uri, errno);
+		goto done;
+	}
+	int fd = w->fd;
+	w->fd = -1;
+	if (close(fd) < 0) {
+		result = err_errno(e, w->uri, errno);
+		goto done;
+	}
+	if (renameat(w->dirfd, w->tmp, w->dirfd, w->base) < 0) {
+		if (errno == EISDIR)
+			result = err_set(e, WIRE_E_INVALID, "%s: is a directory", w->uri);
+		else
+			result = err_errno(e, w->uri, errno);
+		goto done;
+	}
+	renamed = 1;
+	/* the rename is durable only once the directory is */
+	if (fsync(w->dirfd) < 0)
+		result = err_errno(e, w->uri, errno);
+done:
+	file_writer_free(w, !renamed);
+	return result;
+}
+
+static void file_put_abort(struct backend_writer *w)
+{
+	file_writer_free(w, 1);
+}
+
+const struct backend_ops backend_file_ops = {
+    .name = "file",
+    .stat = file_stat,
+    .open_read = file_open_read,
+    .read = file_read,
+    .close_read = file_close_read,
+    .list = file_list,
+    .remove = file_remove,
+    .put_open = file_put_open,
+    .put_write = file_put_write,
+    .put_commit = file_put_commit,
+    .put_abort = file_put_abort,
+};
+
+const struct backend_ops backend_direct_ops = {
+    .name = "direct",
+    .stat = file_stat,
+    .open_read = direct_open_read,
+    .read = file_read,
+    .close_read = file_close_read,
+    .list = file_list,
+    .remove = file_remove,
+    .put_open = file_put_open,
+    .put_write = file_put_write,
+    .put_commit = file_put_commit,
+    .put_abort = file_put_abort,
+};

@@ -1,0 +1,318 @@
+/* config.c: command line and config file parsing (see config.h). */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+void config_init(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->max_in_flight = 256;
+	c->max_frame = WIRE_DEFAULT_FRAME;
+	c->idle_timeout = 300;
+	c->drain_timeout = 30;
+	c->log_level = LOGL_INFO;
+}
+
+static void config_free_list(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+void config_free(struct config *c)
+{
+	config_free_list(c->listen, c->nlisten);
+	config_free_list(c->allow, c->nallow);
+	c->listen = c->allow = NULL;
+	c->nlisten = c->nallow = 0;
+}
+
+void config_usage(FILE *f)
+{
+	fprintf(
+	    f, "usage: s3dliod [options]\n"
+	       "\n"
+	       "Serve object bytes (file://, direct://) to s3dlio clients.\n"
+	       "\n"
+	       "  --listen URL          tcp://HOST:PORT or unix:///PATH; repeatable\n"
+	       "                        (default " CONFIG_DEFAULT_LISTEN "; port 0 picks one)\n"
+	       "  --allow PREFIX        serve URIs under PREFIX, e.g. file:///data/; repeatable;\n"
+	       "                        with none, every request is refused\n"
+	       "  --threads N           event loop threads (default: number of cores)\n"
+	       "  --config FILE         'key = value' lines with these option names\n"
+	       "  --max-in-flight N     requests per connection before BUSY (default 256)\n"
+	       "  --max-frame BYTES     DATA frame payload size (default 4M; k/m suffixes)\n"
+	       "  --idle-timeout SECS   close idle connections after SECS (default 300; 0: never)\n"
+	       "  --drain-timeout SECS  on SIGTERM, wait this long for requests (default 30)\n"
+	       "  --log-level LEVEL     error, warn, info or debug (default info)\n"
+	       "  --parent-pid PID      stop (as on SIGTERM) when process PID is gone\n"
+	       "  --help                print this and exit\n"
+	       "  --version             print the version and exit\n");
+}
+
+static int config_push(char ***v, size_t *n, const char *s)
+{
+	char **nv = realloc(*v, (*n + 1) * sizeof(*nv));
+	if (!nv)
+		return -1;
+	*v = nv;
+	if (!(nv[*n] = strdup(s)))
+		return -1;
+	(*n)++;
+	return 0;
+}
+
+/* An integer in [lo, hi], all of s; k/m/g suffixes (x1024) when sized is set. */
+static int config_number(const char *s, long long lo, long long hi, int sized, long long *out)
+{
+	char *end;
+	errno = 0;
+	if (!*s || isspace((unsigned char)*s) || *s == '-' || *s == '+')
+		return -1;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -1;
+	if (sized && *end) {
+		unsigned shift = 0;
+		switch (tolower((unsigned char)*end)) {
+		case 'k': shift = 10; break;
+		case 'm': shift = 20; break;
+		case 'g': shift = 30; break;
+		default: return -1;
+		}
+		end++;
+		if (*end == 'i' || *end == 'I')
+			end++;
+		if (*end == 'b' || *end == 'B')
+			end++;
+		if (v > (ULLONG_MAX >> shift))
+			return -1;
+		v <<= shift;
+	}
+	if (*end || v > (unsigned long long)hi || (long long)v < lo)
+		return -1;
+	*out = (long long)v;
+	return 0;
+}
+
+/* Apply one setting; where says where it came from ("--threads", "FILE:3: threads"). */
+static int config_set(struct config *c, const char *key, const char *val, const char *where,
+                      struct err *e)
+{
+	long long n;
+	if (strcmp(key, "listen") == 0) {
+		if (strncmp(val, "tcp://", 6) != 0 && strncmp(val, "unix://", 7) != 0)
+			return err_set(e, WIRE_E_INVALID,
+			               "%s: '%s' is not tcp://HOST:PORT or unix:///PATH", where,
+			               val);
+		if (config_push(&c->listen, &c->nlisten, val) < 0)
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
+	} else if (strcmp(key, "allow") == 0) {
+		if (!strstr(val, "://"))
+			return err_set(e, WIRE_E_INVALID,
+			               "%s: '%s' is not a URI prefix such as file:///data/", where,
+			               val);
+		if (config_push(&c->allow, &c->nallow, val) < 0)
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
+	} else if (strcmp(key, "threads") == 0) {
+		if (config_number(val, 1, 1024, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a thread count (1-1024)",
+			               where, val);
+		c->threads = (int)n;
+	} else if (strcmp(key, "max-in-flight") == 0) {
+		if (config_number(val, 1, 1 << 20, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a count (1-1048576)",
+			               where, val);
+		c->max_in_flight = (uint32_t)n;
+	} else if (strcmp(key, "max-frame") == 0) {
+		if (config_number(val, 4096, WIRE_MAX_FRAME_CAP, 1, &n) < 0)
+			return err_set(e, WIRE_E_INVALID,
+			               "%s: '%s' is not a frame size (4096 to %u bytes)", where,
+			               val, WIRE_MAX_FRAME_CAP);
+		c->max_frame = (uint32_t)n;
+	} else if (strcmp(key, "idle-timeout") == 0) {
+		if (config_number(val, 0, 86400 * 365, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a number of seconds",
+			               where, val);
+		c->idle_timeout = (int)n;
+	} else if (strcmp(key, "drain-timeout") == 0) {
+		if (config_number(val, 0, 86400, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a number of seconds",
+			               where, val);
+		c->drain_timeout = (int)n;
+	} else if (strcmp(key, "log-level") == 0) {
+		if (log_level_parse(val, &c->log_level) < 0)
+			return err_set(e, WIRE_E_INVALID,
+			               "%s: '%s' is not one of error, warn, info, debug", where,
+			               val);
+	} else if (strcmp(key, "parent-pid") == 0) {
+		if (config_number(val, 1, INT_MAX, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a process id", where,
+			               val);
+		c->parent_pid = (pid_t)n;
+	} else {
+		return err_set(e, WIRE_E_INVALID, "%s: unknown option (see --help)", where);
+	}
+	return 0;
+}
+
+static char *config_trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+static int config_load(struct config *c, const char *path, struct err *e)
+{
+	int result = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	unsigned lineno = 0;
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return err_set(e, WIRE_E_INVALID, "--config %s: %s", path, strerror(errno));
+	while (getline(&line, &cap, f) >= 0) {
+		lineno++;
+		/* '#' starts a comment at the start of a line or after whitespace, so values such
+		 * as paths may still hold one */
+		for (char *h = line; (h = strchr(h, '#')); h++) {
+			if (h == line || isspace((unsigned char)h[-1])) {
+				*h = '\0';
+				break;
+			}
+		}
+		char *s = config_trim(line);
+		if (!*s)
+			continue;
+		char where[600];
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			result = err_set(e, WIRE_E_INVALID, "%s:%u: expected 'key = value'", path,
+			                 lineno);
+			goto done;
+		}
+		*eq = '\0';
+		char *key = config_trim(s);
+		char *val = config_trim(eq + 1);
+		for (char *k = key; *k; k++)
+			if (*k == '_')
+				*k = '-';
+		snprintf(where, sizeof(where), "%s:%u: %.64s", path, lineno, key);
+		if (strcmp(key, "config") == 0 || strcmp(key, "help") == 0 ||
+		    strcmp(key, "version") == 0) {
+			result =
+			    err_set(e, WIRE_E_INVALID, "%s: not allowed in a config file", where);
+			goto done;
+		}
+		if (!*val) {
+			result = err_set(e, WIRE_E_INVALID, "%s: missing value", where);
+			goto done;
+		}
+		result = config_set(c, key, val, where, e);
+		if (result < 0)
+			goto done;
+	}
+	if (ferror(f))
+		result = err_set(e, WIRE_E_INVALID, "--config %s: read error", path);
+done:
+	free(line);
+	fclose(f);
+	return result;
+}
+
+static const char *const config_keys[] = {
+    "listen",       "allow",         "threads",   "config",     "max-in-flight", "max-frame",
+    "idle-timeout", "drain-timeout", "log-level", "parent-pid", "help",          "version",
+};
+
+static int config_known(const char *key)
+{
+	for (size_t i = 0; i < sizeof(config_keys) / sizeof(config_keys[0]); i++)
+		if (strcmp(key, config_keys[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Split "--key=value" / "--key value"; *i advances past what was used. */
+static int config_arg(int argc, char **argv, int *i, char *key, size_t keycap, const char **val,
+                      struct err *e)
+{
+	const char *a = argv[*i];
+	if (strncmp(a, "--", 2) != 0 || !a[2])
+		return err_set(e, WIRE_E_INVALID, "unexpected argument '%s' (see --help)", a);
+	a += 2;
+	const char *eq = strchr(a, '=');
+	size_t klen = eq ? (size_t)(eq - a) : strlen(a);
+	if (klen >= keycap)
+		return err_set(e, WIRE_E_INVALID, "unknown option '%s' (see --help)", argv[*i]);
+	memcpy(key, a, klen);
+	key[klen] = '\0';
+	*val = NULL;
+	if (!config_known(key))
+		return err_set(e, WIRE_E_INVALID, "unknown option --%s (see --help)", key);
+	if (strcmp(key, "help") == 0 || strcmp(key, "version") == 0) {
+		if (eq)
+			return err_set(e, WIRE_E_INVALID, "--%s takes no value", key);
+		return 0;
+	}
+	if (eq) {
+		*val = eq + 1;
+	} else {
+		if (*i + 1 >= argc)
+			return err_set(e, WIRE_E_INVALID, "--%s needs a value", key);
+		*val = argv[++*i];
+	}
+	return 0;
+}
+
+int config_parse(struct config *c, int argc, char **argv, struct err *e)
+{
+	char key[64];
+	const char *val;
+	const char *cfg_file = NULL;
+	/* first pass: --help, --version and --config, which the other flags apply after */
+	for (int i = 1; i < argc; i++) {
+		int rc = config_arg(argc, argv, &i, key, sizeof(key), &val, e);
+		if (rc < 0)
+			return rc;
+		if (strcmp(key, "help") == 0) {
+			config_usage(stdout);
+			return CONFIG_EXIT;
+		}
+		if (strcmp(key, "version") == 0) {
+			printf("s3dliod %s\n", CONFIG_VERSION);
+			return CONFIG_EXIT;
+		}
+		if (strcmp(key, "config") == 0)
+			cfg_file = val;
+	}
+	if (cfg_file) {
+		int rc = config_load(c, cfg_file, e);
+		if (rc < 0)
+			return rc;
+	}
+	for (int i = 1; i < argc; i++) {
+		config_arg(argc, argv, &i, key, sizeof(key), &val, e);
+		if (strcmp(key, "config") == 0)
+			continue;
+		char where[80];
+		snprintf(where, sizeof(where), "--%s", key);
+		int rc = config_set(c, key, val, where, e);
+		if (rc < 0)
+			return rc;
+	}
+	if (c->nlisten == 0 && config_push(&c->listen, &c->nlisten, CONFIG_DEFAULT_LISTEN) < 0)
+		return err_set(e, WIRE_E_INTERNAL, "out of memory");
+	return CONFIG_RUN;
+}
