@@ -11,7 +11,7 @@ PACKAGES=(
   libevent-dev libcurl4-openssl-dev libssl-dev libmsgpack-dev libcmocka-dev
   libisal-dev liburing-dev libjansson-dev libexpat1-dev
   python3 python3-dev python3-venv python3-pip python3-numpy python3-pytest
-  python3-pytest-timeout python3-msgpack python3-psutil
+  python3-pytest-timeout python3-msgpack python3-psutil python3-torch
 )
 
 SUDO=""
