@@ -46,6 +46,8 @@ static void rd_fail(struct rd *r, int err)
 		r->err = err;
 }
 
+static int64_t rd_int(struct rd *r);
+
 /* An unsigned integer (negative values are malformed). */
 static uint64_t rd_uint(struct rd *r)
 {
@@ -64,15 +66,10 @@ static uint64_t rd_uint(struct rd *r)
 	case 0xcf: n = 8; break;
 	case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
 		/* a signed encoding of a non-negative value is accepted */
-		unsigned sn = 1u << (b - 0xd0);
-		if (!rd_need(r, 1 + sn))
-			return 0;
-		r->p++;
-		uint64_t raw = rd_be(r, sn);
-		uint64_t sign = 1ull << (sn * 8 - 1);
-		if (raw & sign)
+		int64_t v = rd_int(r);
+		if (v < 0)
 			rd_fail(r, WIRE_MALFORMED);
-		return raw;
+		return (uint64_t)v;
 	}
 	default:
 		rd_fail(r, WIRE_MALFORMED);
