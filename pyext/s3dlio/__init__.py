@@ -11,16 +11,25 @@ in the C extension with the GIL released.
 
 import re as _re
 
-from ._core import BytesView, Client, Error
+from ._core import BytesView, Client, Error, crc32c
 from ._server import connect
 from ._server import client as _client
+from ._checkpoint import (CheckpointError, CheckpointReader, CheckpointStore, CheckpointWriter,
+                          ObjectReader, ObjectWriter, load_checkpoint,
+                          load_checkpoint_with_validation, open_reader, open_writer,
+                          save_checkpoint)
+from ._dataset import PyBytesAsyncDataLoader, PyDataset, create_async_loader, create_dataset
 
 __version__ = "0.9.1"
 
 __all__ = [
     "BytesView", "Client", "Error", "connect", "delete", "exists", "get", "get_into",
     "get_many", "get_object", "get_range", "list", "put_bytes", "stat", "stats",
-    "__version__",
+    "__version__", "crc32c",
+    "CheckpointError", "CheckpointReader", "CheckpointStore", "CheckpointWriter",
+    "ObjectReader", "ObjectWriter", "load_checkpoint", "load_checkpoint_with_validation",
+    "open_reader", "open_writer", "save_checkpoint",
+    "PyBytesAsyncDataLoader", "PyDataset", "create_async_loader", "create_dataset",
 ]
 
 

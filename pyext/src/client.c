@@ -212,6 +212,27 @@ static void client_leave(client_object *self)
 		client_free_now(self);
 }
 
+/* ---- for other parts of the extension (loader.c) ---- */
+
+s3dlio_client *client_checkout(core_state *st, PyObject *obj)
+{
+	if (!PyObject_TypeCheck(obj, st->client_type)) {
+		PyErr_Format(PyExc_TypeError, "client must be an s3dlio Client, not %.100s",
+		             Py_TYPE(obj)->tp_name);
+		return NULL;
+	}
+	return client_enter((client_object *)obj);
+}
+
+void client_checkin(PyObject *obj)
+{
+	client_object *self = (client_object *)obj;
+
+	/* a checkout made in another process (before a fork) is not counted here */
+	if (self->pid == getpid() && self->active > 0)
+		client_leave(self);
+}
+
 /* ---- allocator callbacks (run without the GIL) ---- */
 
 /* get: one buffer */

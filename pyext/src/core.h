@@ -37,6 +37,7 @@ static inline PyObject *core_new_ref(PyObject *obj)
 typedef struct core_state {
 	PyTypeObject *bytesview_type;
 	PyTypeObject *client_type;
+	PyTypeObject *prefetcher_type;
 	PyObject *error; /* s3dlio.Error, a RuntimeError */
 } core_state;
 
@@ -66,5 +67,16 @@ PyObject *bytesview_adopt(core_state *st, void *ptr, Py_ssize_t size);
 PyObject *bytesview_from_buffer(PyObject *module, PyObject *arg);
 int bytesview_add_type(PyObject *module, core_state *st);
 int client_add_type(PyObject *module, core_state *st);
+
+/* ---- client.c, for loader.c ---- */
+
+/* Counts a call in progress on the Client obj and returns its C client (kept open until
+ * client_checkin), or NULL with an exception set. Needs the GIL. */
+s3dlio_client *client_checkout(core_state *st, PyObject *obj);
+void client_checkin(PyObject *obj);
+
+/* ---- loader.c ---- */
+int loader_add_type(PyObject *module, core_state *st);
+PyObject *loader_crc32c(PyObject *module, PyObject *args, PyObject *kwds);
 
 #endif

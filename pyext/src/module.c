@@ -49,6 +49,8 @@ static int core_exec(PyObject *module)
 		return -1;
 	if (client_add_type(module, st) < 0)
 		return -1;
+	if (loader_add_type(module, st) < 0)
+		return -1;
 	return 0;
 }
 
@@ -58,6 +60,7 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg)
 
 	Py_VISIT(st->bytesview_type);
 	Py_VISIT(st->client_type);
+	Py_VISIT(st->prefetcher_type);
 	Py_VISIT(st->error);
 	return 0;
 }
@@ -68,6 +71,7 @@ static int core_clear(PyObject *module)
 
 	Py_CLEAR(st->bytesview_type);
 	Py_CLEAR(st->client_type);
+	Py_CLEAR(st->prefetcher_type);
 	Py_CLEAR(st->error);
 	return 0;
 }
@@ -92,6 +96,8 @@ static PyMethodDef core_methods[] = {
     {"code_str", core_code_str, METH_O, "code_str(code) -> str: the name of an S3DLIO_E_* code."},
     {"_bytesview", bytesview_from_buffer, METH_O,
      "_bytesview(buffer) -> BytesView: a copy of buffer (used to unpickle BytesView)."},
+    {"crc32c", (PyCFunction)(void (*)(void))loader_crc32c, METH_VARARGS | METH_KEYWORDS,
+     "crc32c(buffer, crc=0) -> int: the CRC32C (Castagnoli) of buffer, continuing from crc."},
     {NULL, NULL, 0, NULL},
 };
 
