@@ -12,6 +12,7 @@ PACKAGES=(
   libisal-dev liburing-dev libjansson-dev libexpat1-dev
   python3 python3-dev python3-venv python3-pip python3-numpy python3-pytest
   python3-pytest-timeout python3-msgpack python3-psutil python3-torch
+  python3-boto3 python3-requests
 )
 
 SUDO=""
@@ -44,3 +45,6 @@ if ! "$VENV/bin/python" -c 'import scikit_build_core' 2>/dev/null; then
   echo "install-deps: installing scikit-build-core into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'scikit-build-core>=0.8'
 fi
+
+# The object-store emulators the cloud tests start (npm, into tests/emulators/node_modules)
+bash tests/emulators/install.sh

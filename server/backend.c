@@ -9,8 +9,10 @@ const struct backend_ops *backend_for(const struct uri *u, struct err *e)
 	switch (u->scheme) {
 	case URI_FILE: return &backend_file_ops;
 	case URI_DIRECT: return &backend_direct_ops;
+	case URI_S3: return &backend_s3_ops;
+	case URI_AZ: return &backend_az_ops;
+	case URI_GS: return &backend_gs_ops;
 	default:
-		/* s3/az/gs parse today; their backends come with libcurl */
 		err_set(e, WIRE_E_UNSUPPORTED, "%s: the %s backend is not available in this server",
 		        u->text, u->scheme_name);
 		return NULL;

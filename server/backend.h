@@ -1,8 +1,11 @@
 /* backend.h: what a storage backend implements, and the lookup from scheme to backend.
  *
- * The connection code (conn.c) owns the protocol; a backend only moves object bytes. Calls
- * are synchronous for now (file:// and direct:// block briefly on the loop, one chunk at a
- * time); remote backends will add an asynchronous variant of read beside these.
+ * The connection code (conn.c) owns the protocol; a backend only moves object bytes. Local
+ * backends are synchronous (file:// and direct:// block briefly on the loop, one chunk at a
+ * time).
+ *
+ * Remote backends (s3://, az://, gs://) implement backend_async_ops instead: operations
+ * run on the worker's libcurl multi handle and report through a backend_sink.
  *
  * Every call returns 0 or -WIRE_E_* with e filled ("<uri>: <cause>"). */
 #ifndef S3DLIOD_BACKEND_H
@@ -21,7 +24,10 @@ struct evbuffer;
 struct backend_ctx {
 	const struct uri_policy *policy;
 	uint32_t max_frame;
-	uint8_t *scratch; /* max_frame bytes, reused by every read on this thread */
+	uint8_t *scratch;          /* max_frame bytes, reused by every read on this thread */
+	struct http *http;         /* the thread's HTTP engine (remote backends) */
+	const struct cloud *cloud; /* endpoints, credentials, upload sizes */
+	struct gs_auth *gs_auth;   /* the thread's GCS token (service account), lazily made */
 };
 
 struct backend_info {
@@ -45,9 +51,56 @@ struct backend_list {
 
 struct backend_reader; /* an object opened for reading */
 struct backend_writer; /* an upload in progress */
+struct backend_op;     /* an asynchronous operation of a remote backend */
+struct http;
+struct cloud;
+
+/* How an asynchronous operation reports back to the connection that started it. Calls come
+ * from the worker's event loop, never from inside the start call itself. After done (or
+ * after the connection cancels the operation) nothing more is called. */
+struct backend_sink {
+	void *arg;
+	/* GET: the reply's size (bytes that will follow) and the object; STAT: the object */
+	void (*header)(void *arg, uint64_t total, const struct backend_info *info);
+	/* GET: the next bytes, in order. */
+	void (*data)(void *arg, const void *p, size_t n);
+	/* LIST: one entry, in URI order. */
+	void (*entry)(void *arg, const char *uri, uint64_t size, int64_t mtime_ns, int is_prefix);
+	/* PUT: the upload has room for more bytes again (after put_full said 1). */
+	void (*wake)(void *arg);
+	/* The end: rc 0 (GET: all bytes delivered; PUT: committed and verified) or -WIRE_E_*. */
+	void (*done)(void *arg, int rc, const struct err *e);
+};
+
+/* The asynchronous variant that remote backends implement. Each start call returns 0 with
+ * *op set (the result comes through the sink) or -WIRE_E_* with e (nothing will be called). */
+struct backend_async_ops {
+	int (*get)(struct backend_ctx *ctx, const struct uri *u, uint64_t off, uint64_t len,
+	           const struct backend_sink *s, struct backend_op **op, struct err *e);
+	int (*stat)(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+	            struct backend_op **op, struct err *e);
+	int (*list)(struct backend_ctx *ctx, const struct uri *u, uint32_t flags,
+	            const struct backend_sink *s, struct backend_op **op, struct err *e);
+	int (*remove)(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+	              struct backend_op **op, struct err *e);
+	/* An upload of size bytes; done comes only after put_finish. */
+	int (*put_open)(struct backend_ctx *ctx, const struct uri *u, uint64_t size,
+	                const struct backend_sink *s, struct backend_op **op, struct err *e);
+	/* Take the bytes (copied). 1 from put_full: stop feeding until sink.wake. */
+	int (*put_write)(struct backend_op *op, const struct iovec *iov, int iovcnt, struct err *e);
+	int (*put_full)(struct backend_op *op);
+	/* All bytes were given: upload what remains, commit, verify, then sink.done. */
+	int (*put_finish)(struct backend_op *op, struct err *e);
+	/* GET/LIST backpressure: stop or resume delivering. */
+	void (*pause)(struct backend_op *op, int pause);
+	/* Stop and free (an unfinished upload is aborted). No sink call afterwards. */
+	void (*cancel)(struct backend_op *op);
+};
 
 struct backend_ops {
 	const char *name;
+	/* Remote backends: everything goes through these, the synchronous calls are NULL. */
+	const struct backend_async_ops *async;
 	int (*stat)(struct backend_ctx *ctx, const struct uri *u, struct backend_info *info,
 	            struct err *e);
 	/* Open for reading and describe the object. */
@@ -75,6 +128,9 @@ struct backend_ops {
 	void (*put_abort)(struct backend_writer *w);
 };
 
+/* Release what remote backends keep per thread (before the thread's http engine goes). */
+void backend_remote_ctx_free(struct backend_ctx *ctx);
+
 /* The backend serving u's scheme, or NULL with e filled (UNSUPPORTED) when this server
  * has none. */
 const struct backend_ops *backend_for(const struct uri *u, struct err *e);
@@ -88,5 +144,8 @@ void backend_list_sort(struct backend_list *l);
 
 extern const struct backend_ops backend_file_ops;
 extern const struct backend_ops backend_direct_ops;
+extern const struct backend_ops backend_s3_ops;
+extern const struct backend_ops backend_az_ops;
+extern const struct backend_ops backend_gs_ops;
 
 #endif

@@ -17,6 +17,14 @@ void config_init(struct config *c)
 	c->idle_timeout = 300;
 	c->drain_timeout = 30;
 	c->log_level = LOGL_INFO;
+	c->multipart_threshold = 64ull << 20;
+	c->part_size = 16ull << 20;
+	c->parts_in_flight = 4;
+	c->connect_timeout_ms = 10000;
+	c->op_timeout_ms = 300000;
+	c->retries = 4;
+	c->retry_base_ms = 200;
+	c->s3_path_style = -1;
 }
 
 static void config_free_list(char **v, size_t n)
@@ -32,6 +40,47 @@ void config_free(struct config *c)
 	config_free_list(c->allow, c->nallow);
 	c->listen = c->allow = NULL;
 	c->nlisten = c->nallow = 0;
+	char **strs[] = {&c->s3_endpoint,
+	                 &c->s3_region,
+	                 &c->s3_profile,
+	                 &c->s3_access_key_id,
+	                 &c->s3_secret_access_key,
+	                 &c->s3_session_token,
+	                 &c->az_endpoint,
+	                 &c->az_account,
+	                 &c->az_key,
+	                 &c->az_sas_token,
+	                 &c->gs_endpoint,
+	                 &c->gs_token,
+	                 &c->gs_credentials};
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		free(*strs[i]);
+		*strs[i] = NULL;
+	}
+}
+
+/* Seconds with up to three decimals, as milliseconds. */
+static int config_seconds_ms(const char *s, long long max_s, int *out)
+{
+	char *end;
+	errno = 0;
+	if (!*s || *s == '-' || *s == '+' || isspace((unsigned char)*s))
+		return -1;
+	double v = strtod(s, &end);
+	if (errno || end == s || *end || v < 0 || v > (double)max_s)
+		return -1;
+	*out = (int)(v * 1000.0 + 0.5);
+	return 0;
+}
+
+static int config_str(char **slot, const char *val)
+{
+	char *v = strdup(val);
+	if (!v)
+		return -1;
+	free(*slot);
+	*slot = v;
+	return 0;
 }
 
 void config_usage(FILE *f)
@@ -53,6 +102,29 @@ void config_usage(FILE *f)
 	       "  --drain-timeout SECS  on SIGTERM, wait this long for requests (default 30)\n"
 	       "  --log-level LEVEL     error, warn, info or debug (default info)\n"
 	       "  --parent-pid PID      stop (as on SIGTERM) when process PID is gone\n"
+	       "\n"
+	       "Remote backends (s3://; credentials also from the usual environment variables):\n"
+	       "  --multipart-threshold BYTES  uploads above this go in parts (default 64M)\n"
+	       "  --part-size BYTES     upload part size (default 16M)\n"
+	       "  --parts-in-flight N   parts uploaded in parallel per upload (default 4)\n"
+	       "  --list-page-size N    entries per LIST page asked of the store (default 1000)\n"
+	       "  --connect-timeout SECS  (default 10)\n"
+	       "  --op-timeout SECS     a whole request, streamed GET bodies aside (default 300)\n"
+	       "  --retries N           retries of connection errors, 429, 5xx (default 4)\n"
+	       "  --retry-base-ms MS    first backoff; doubles up to 32x, jittered (default 200)\n"
+	       "  --s3-endpoint URL     (AWS_ENDPOINT_URL) an S3-compatible store\n"
+	       "  --s3-region REGION    (AWS_REGION, AWS_DEFAULT_REGION; default us-east-1)\n"
+	       "  --s3-profile NAME     (AWS_PROFILE) a ~/.aws/credentials profile\n"
+	       "  --s3-access-key-id ID, --s3-secret-access-key KEY, --s3-session-token TOKEN\n"
+	       "  --s3-path-style 0|1   (default: 1 with an endpoint, else 0)\n"
+	       "  --az-endpoint URL     (AZURE_STORAGE_ENDPOINT) e.g. "
+	       "http://127.0.0.1:10000/devstoreaccount1\n"
+	       "  --az-account NAME, --az-key BASE64, --az-sas-token TOKEN\n"
+	       "                        (AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY, "
+	       "AZURE_STORAGE_SAS_TOKEN)\n"
+	       "  --gs-endpoint URL     (STORAGE_EMULATOR_HOST: no auth; GCS_ENDPOINT_URL)\n"
+	       "  --gs-token TOKEN      (GOOGLE_OAUTH_ACCESS_TOKEN) an OAuth2 bearer token\n"
+	       "  --gs-credentials FILE (GOOGLE_APPLICATION_CREDENTIALS) a service-account key\n"
 	       "  --help                print this and exit\n"
 	       "  --version             print the version and exit\n");
 }
@@ -157,6 +229,76 @@ static int config_set(struct config *c, const char *key, const char *val, const 
 			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a process id", where,
 			               val);
 		c->parent_pid = (pid_t)n;
+	} else if (strcmp(key, "multipart-threshold") == 0 || strcmp(key, "part-size") == 0) {
+		if (config_number(val, 1 << 10, 5ll << 30, 1, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a size (1k to 5g)",
+			               where, val);
+		if (key[0] == 'm')
+			c->multipart_threshold = (uint64_t)n;
+		else
+			c->part_size = (uint64_t)n;
+	} else if (strcmp(key, "list-page-size") == 0) {
+		if (config_number(val, 1, 1000, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a count (1-1000)", where,
+			               val);
+		c->list_page_size = (int)n;
+	} else if (strcmp(key, "parts-in-flight") == 0 || strcmp(key, "retries") == 0 ||
+	           strcmp(key, "retry-base-ms") == 0) {
+		if (config_number(val, key[0] == 'p' ? 1 : 0, key[0] == 'p' ? 64 : 100000, 0, &n) <
+		    0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is out of range", where, val);
+		if (key[0] == 'p')
+			c->parts_in_flight = (int)n;
+		else if (strcmp(key, "retries") == 0)
+			c->retries = (int)n;
+		else
+			c->retry_base_ms = (int)n;
+	} else if (strcmp(key, "connect-timeout") == 0 || strcmp(key, "op-timeout") == 0) {
+		int ms;
+		if (config_seconds_ms(val, 86400, &ms) < 0 || ms == 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a number of seconds",
+			               where, val);
+		if (key[0] == 'c')
+			c->connect_timeout_ms = ms;
+		else
+			c->op_timeout_ms = ms;
+	} else if (strcmp(key, "s3-path-style") == 0) {
+		if (strcmp(val, "0") != 0 && strcmp(val, "1") != 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not 0 or 1", where, val);
+		c->s3_path_style = val[0] == '1';
+	} else if (strncmp(key, "s3-", 3) == 0 || strncmp(key, "az-", 3) == 0 ||
+	           strncmp(key, "gs-", 3) == 0) {
+		char **slot = NULL;
+		if (strcmp(key, "gs-endpoint") == 0)
+			slot = &c->gs_endpoint;
+		else if (strcmp(key, "gs-token") == 0)
+			slot = &c->gs_token;
+		else if (strcmp(key, "gs-credentials") == 0)
+			slot = &c->gs_credentials;
+		if (strcmp(key, "az-endpoint") == 0)
+			slot = &c->az_endpoint;
+		else if (strcmp(key, "az-account") == 0)
+			slot = &c->az_account;
+		else if (strcmp(key, "az-key") == 0)
+			slot = &c->az_key;
+		else if (strcmp(key, "az-sas-token") == 0)
+			slot = &c->az_sas_token;
+		if (strcmp(key, "s3-endpoint") == 0)
+			slot = &c->s3_endpoint;
+		else if (strcmp(key, "s3-region") == 0)
+			slot = &c->s3_region;
+		else if (strcmp(key, "s3-profile") == 0)
+			slot = &c->s3_profile;
+		else if (strcmp(key, "s3-access-key-id") == 0)
+			slot = &c->s3_access_key_id;
+		else if (strcmp(key, "s3-secret-access-key") == 0)
+			slot = &c->s3_secret_access_key;
+		else if (strcmp(key, "s3-session-token") == 0)
+			slot = &c->s3_session_token;
+		if (!slot)
+			return err_set(e, WIRE_E_INVALID, "%s: unknown option (see --help)", where);
+		if (config_str(slot, val) < 0)
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
 	} else {
 		return err_set(e, WIRE_E_INVALID, "%s: unknown option (see --help)", where);
 	}
@@ -232,8 +374,40 @@ done:
 }
 
 static const char *const config_keys[] = {
-    "listen",       "allow",         "threads",   "config",     "max-in-flight", "max-frame",
-    "idle-timeout", "drain-timeout", "log-level", "parent-pid", "help",          "version",
+    "listen",
+    "allow",
+    "threads",
+    "config",
+    "max-in-flight",
+    "max-frame",
+    "idle-timeout",
+    "drain-timeout",
+    "log-level",
+    "parent-pid",
+    "help",
+    "version",
+    "multipart-threshold",
+    "part-size",
+    "parts-in-flight",
+    "connect-timeout",
+    "op-timeout",
+    "retries",
+    "retry-base-ms",
+    "list-page-size",
+    "s3-endpoint",
+    "s3-region",
+    "s3-profile",
+    "s3-access-key-id",
+    "s3-secret-access-key",
+    "s3-session-token",
+    "s3-path-style",
+    "az-endpoint",
+    "az-account",
+    "az-key",
+    "az-sas-token",
+    "gs-endpoint",
+    "gs-token",
+    "gs-credentials",
 };
 
 static int config_known(const char *key)

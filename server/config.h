@@ -28,6 +28,29 @@ struct config {
 	int drain_timeout;      /* seconds */
 	int log_level;          /* enum log_level */
 	pid_t parent_pid;       /* 0: none */
+	/* remote backends (s3://, az://, gs://) */
+	uint64_t multipart_threshold; /* larger uploads go in parts */
+	uint64_t part_size;
+	int parts_in_flight;    /* per upload */
+	int list_page_size;     /* entries per remote LIST page; 0: the store's default */
+	int connect_timeout_ms; /* --connect-timeout SECS (fractions allowed as ms) */
+	int op_timeout_ms;      /* --op-timeout SECS */
+	int retries;            /* attempts after the first */
+	int retry_base_ms;      /* first backoff */
+	char *s3_endpoint;      /* else AWS_ENDPOINT_URL */
+	char *s3_region;        /* else AWS_REGION / AWS_DEFAULT_REGION */
+	char *s3_profile;       /* else AWS_PROFILE */
+	char *s3_access_key_id; /* else AWS_ACCESS_KEY_ID, then the profile */
+	char *s3_secret_access_key;
+	char *s3_session_token;
+	int s3_path_style;    /* -1: path style when an endpoint is set */
+	char *az_endpoint;    /* else AZURE_STORAGE_ENDPOINT */
+	char *az_account;     /* else AZURE_STORAGE_ACCOUNT */
+	char *az_key;         /* else AZURE_STORAGE_KEY (base64) */
+	char *az_sas_token;   /* else AZURE_STORAGE_SAS_TOKEN */
+	char *gs_endpoint;    /* else STORAGE_EMULATOR_HOST, GCS_ENDPOINT_URL */
+	char *gs_token;       /* else GOOGLE_OAUTH_ACCESS_TOKEN */
+	char *gs_credentials; /* else GOOGLE_APPLICATION_CREDENTIALS */
 };
 
 enum config_result {

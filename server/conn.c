@@ -31,7 +31,8 @@
 #define CONN_PUT_BATCH (256u << 10) /* gather this much upload before a write */
 #define CONN_CLOSE_TIMEOUT 10       /* seconds to flush the last frames to a closing peer */
 #define CONN_MAX_SINGLE_IO (4 << 20)
-#define CONN_DRAIN_HELLO_WAIT 1 /* seconds a draining server waits for a new peer's HELLO */
+#define CONN_DRAIN_HELLO_WAIT 1       /* seconds a draining server waits for a new peer's HELLO */
+#define CONN_ASYNC_FLUSH (256u << 10) /* remote GET bytes gathered into one DATA frame */
 
 struct req {
 	uint64_t id;
@@ -55,6 +56,13 @@ struct req {
 	struct backend_writer *wr;
 	uint64_t put_size;
 	uint64_t received;
+	/* remote (asynchronous) backends */
+	struct conn *c;
+	struct backend_op *aop; /* NULL once the backend reported done */
+	struct evbuffer *pend;  /* GET bytes not yet framed */
+	uint64_t count;         /* LIST entries sent */
+	int paused;             /* the backend was asked to pause for our output */
+	int committing;         /* PUT: END received, waiting for the backend */
 };
 
 TAILQ_HEAD(req_queue, req);
@@ -81,6 +89,10 @@ struct conn {
 	uint64_t payload_left;
 	size_t high_water;
 	size_t pause_at;
+	struct event *wake_ev; /* an upload has room again: read input */
+	int input_blocked;     /* an upload is full: input reading stopped */
+	uint32_t n_paused;     /* remote transfers paused for our output */
+	uint32_t n_async;      /* remote operations in flight */
 };
 
 static void conn_process(struct conn *c);
@@ -256,6 +268,19 @@ static void conn_req_release(struct conn *c, struct req *r)
 		r->ops->put_abort(r->wr);
 		r->wr = NULL;
 	}
+	if (r->aop) {
+		r->ops->async->cancel(r->aop);
+		r->aop = NULL;
+		c->n_async--;
+	}
+	if (r->paused) {
+		r->paused = 0;
+		c->n_paused--;
+	}
+	if (r->pend) {
+		evbuffer_free(r->pend);
+		r->pend = NULL;
+	}
 	backend_list_free(&r->list);
 	if (!r->discard) {
 		c->n_active--;
@@ -388,6 +413,200 @@ static void conn_pump(struct conn *c)
 	c->pumping = 0;
 }
 
+/* ---- remote (asynchronous) backends ----
+ *
+ * The backend calls these from the worker's loop as its HTTP transfers progress. GET bytes
+ * are gathered into DATA frames of up to CONN_ASYNC_FLUSH bytes (one copy into our output);
+ * when the output passes the high-water mark the transfer is paused, and the write
+ * callback resumes it on drain. An upload whose parts are all in flight makes us stop
+ * reading input until the backend wakes us. */
+
+static void conn_a_backpressure(struct conn *c, struct req *r)
+{
+	if (!r->paused && r->aop &&
+	    evbuffer_get_length(bufferevent_get_output(c->bev)) >= c->high_water) {
+		r->paused = 1;
+		c->n_paused++;
+		r->ops->async->pause(r->aop, 1);
+	}
+}
+
+/* Move the gathered GET bytes out as DATA frames. */
+static int conn_a_flush(struct conn *c, struct req *r)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	size_t n = evbuffer_get_length(r->pend);
+	while (n) {
+		size_t take = n < c->env->max_frame ? n : c->env->max_frame;
+		struct wire_frame f;
+		wire_frame_init(&f, WIRE_DATA, r->id);
+		f.offset = r->sent;
+		f.payload_len = take;
+		if (conn_send(c, &f) < 0 ||
+		    evbuffer_remove_buffer(r->pend, out, take) != (int)take) {
+			log_write(c->env->log, LOGL_ERROR,
+			          "conn=%s id=%" PRIu64 " msg=\"output failed\"", c->peer, r->id);
+			conn_close(c);
+			return -1;
+		}
+		r->sent += take;
+		n -= take;
+	}
+	return 0;
+}
+
+static void conn_a_header(void *arg, uint64_t total, const struct backend_info *info)
+{
+	struct req *r = arg;
+	if (r->type == WIRE_STAT) {
+		conn_send_header(r->c, r->id, info->size, info);
+		return;
+	}
+	r->total = total;
+	conn_send_header(r->c, r->id, total, info);
+}
+
+static void conn_a_data(void *arg, const void *p, size_t n)
+{
+	struct req *r = arg;
+	struct conn *c = r->c;
+	if (c->closing)
+		return;
+	r->crc = wire_crc32c(r->crc, p, n);
+	if (evbuffer_add(r->pend, p, n) < 0) {
+		conn_close(c);
+		return;
+	}
+	if (evbuffer_get_length(r->pend) >= CONN_ASYNC_FLUSH && conn_a_flush(c, r) < 0)
+		return;
+	conn_a_backpressure(c, r);
+}
+
+static void conn_a_entry(void *arg, const char *uri, uint64_t size, int64_t mtime_ns, int is_prefix)
+{
+	struct req *r = arg;
+	struct conn *c = r->c;
+	struct wire_frame f;
+	wire_frame_init(&f, WIRE_ENTRY, r->id);
+	f.uri = uri;
+	f.uri_len = (uint32_t)strlen(uri);
+	f.size = size;
+	f.mtime = mtime_ns;
+	f.is_prefix = (uint32_t)is_prefix;
+	conn_send(c, &f);
+	r->count++;
+	conn_a_backpressure(c, r);
+}
+
+static void conn_a_wake(void *arg)
+{
+	struct req *r = arg;
+	/* not from inside the backend's own call chain: run from the loop */
+	event_active(r->c->wake_ev, 0, 0);
+}
+
+static void conn_a_done(void *arg, int rc, const struct err *e)
+{
+	struct req *r = arg;
+	struct conn *c = r->c;
+	r->aop = NULL; /* the backend has freed it */
+	c->n_async--;
+	if (r->paused) {
+		r->paused = 0;
+		c->n_paused--;
+	}
+	if (rc < 0) {
+		int committing = r->committing;
+		conn_req_fail(c, r, e);
+		if (committing)
+			conn_req_free(c, r); /* its END came already */
+		return;
+	}
+	switch (r->type) {
+	case WIRE_GET:
+		if (conn_a_flush(c, r) < 0)
+			return;
+		conn_send_end(c, r->id, r->sent, r->crc);
+		break;
+	case WIRE_LIST: conn_send_end(c, r->id, r->count, 0); break;
+	case WIRE_PUT:
+		log_write(c->env->log, LOGL_DEBUG,
+		          "conn=%s id=%" PRIu64 " op=PUT uri=%s size=%" PRIu64 " msg=stored",
+		          c->peer, r->id, r->uri, r->received);
+		conn_send_end(c, r->id, r->received, r->crc);
+		break;
+	default: conn_send_end(c, r->id, 0, 0); break;
+	}
+	conn_req_done(c, r);
+}
+
+/* Start r on its remote backend; on failure r has ended with ERROR. */
+static void conn_a_start(struct conn *c, struct req *r, const struct wire_frame *f,
+                         const struct uri *u)
+{
+	struct err e;
+	const struct backend_async_ops *a = r->ops->async;
+	struct backend_sink s = {r,           conn_a_header, conn_a_data, conn_a_entry,
+	                         conn_a_wake, conn_a_done};
+	struct backend_ctx *ctx = c->env->bctx;
+	int rc = -WIRE_E_INTERNAL;
+	r->c = c;
+	err_set(&e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+	switch (f->type) {
+	case WIRE_GET:
+		if ((r->pend = evbuffer_new()))
+			rc = a->get(ctx, u, f->offset, f->length, &s, &r->aop, &e);
+		break;
+	case WIRE_STAT: rc = a->stat(ctx, u, &s, &r->aop, &e); break;
+	case WIRE_LIST: rc = a->list(ctx, u, f->flags, &s, &r->aop, &e); break;
+	case WIRE_DELETE: rc = a->remove(ctx, u, &s, &r->aop, &e); break;
+	case WIRE_PUT: rc = a->put_open(ctx, u, f->size, &s, &r->aop, &e); break;
+	}
+	if (rc < 0) {
+		r->aop = NULL;
+		conn_req_fail(c, r, &e);
+		return;
+	}
+	c->n_async++;
+}
+
+static void conn_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct conn *c = arg;
+	if (!c->input_blocked || c->closing)
+		return;
+	c->input_blocked = 0;
+	if (!c->reading_paused)
+		bufferevent_enable(c->bev, EV_READ);
+	conn_process(c); /* the payload that waited is in the input already */
+}
+
+/* Our output drained: resume the remote transfers paused for it. */
+static void conn_a_resume(struct conn *c)
+{
+	if (!c->n_paused)
+		return;
+	for (uint32_t i = 0; i < c->tab_size && c->n_paused && !c->closing; i++) {
+		struct req *r = c->tab[i];
+		while (r) {
+			struct req *next =
+			    r->hnext; /* a resumed LIST may end (and free r) at once */
+			if (r->paused) {
+				if (evbuffer_get_length(bufferevent_get_output(c->bev)) >=
+				    c->high_water)
+					return;
+				r->paused = 0;
+				c->n_paused--;
+				if (r->aop)
+					r->ops->async->pause(r->aop, 0);
+			}
+			r = next;
+		}
+	}
+}
+
 /* ---- requests ---- */
 
 static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct uri *u,
@@ -398,6 +617,10 @@ static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct
 	struct req *r = conn_req_new(c, f, u->text, ops, &e);
 	if (!r) {
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		return;
+	}
+	if (ops->async) {
+		conn_a_start(c, r, f, u);
 		return;
 	}
 	if (ops->open_read(c->env->bctx, u, &r->rd, &info, &e) < 0) {
@@ -429,6 +652,14 @@ static void conn_do_stat(struct conn *c, const struct wire_frame *f, const struc
 {
 	struct err e;
 	struct backend_info info;
+	if (ops->async) {
+		struct req *r = conn_req_new(c, f, u->text, ops, &e);
+		if (!r)
+			conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		else
+			conn_a_start(c, r, f, u);
+		return;
+	}
 	if (ops->stat(c->env->bctx, u, &info, &e) < 0) {
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
 		return;
@@ -446,6 +677,10 @@ static void conn_do_list(struct conn *c, const struct wire_frame *f, const struc
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
 		return;
 	}
+	if (ops->async) {
+		conn_a_start(c, r, f, u);
+		return;
+	}
 	if (ops->list(c->env->bctx, u, f->flags, &r->list, &e) < 0) {
 		conn_req_fail(c, r, &e);
 		return;
@@ -458,6 +693,14 @@ static void conn_do_delete(struct conn *c, const struct wire_frame *f, const str
                            const struct backend_ops *ops)
 {
 	struct err e;
+	if (ops->async) {
+		struct req *r = conn_req_new(c, f, u->text, ops, &e);
+		if (!r)
+			conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		else
+			conn_a_start(c, r, f, u);
+		return;
+	}
 	if (ops->remove(c->env->bctx, u, &e) < 0) {
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
 		return;
@@ -494,6 +737,10 @@ static void conn_do_put(struct conn *c, const struct wire_frame *f, const struct
 		return;
 	}
 	r->put_size = f->size;
+	if (ops->async) {
+		conn_a_start(c, r, f, u);
+		return;
+	}
 	if (ops->put_open(c->env->bctx, u, f->size, &r->wr, &e) < 0)
 		conn_req_fail(c, r, &e);
 }
@@ -570,7 +817,10 @@ static void conn_cancel(struct conn *c, uint64_t id)
 		return; /* finished already, or never was: nothing to stop */
 	struct err e;
 	err_set(&e, WIRE_E_CANCELLED, "%s: cancelled", r->uri);
+	int committing = r->committing;
 	conn_req_fail(c, r, &e);
+	if (committing)
+		conn_req_free(c, r); /* its END came already */
 }
 
 static void conn_data(struct conn *c, const struct wire_frame *f)
@@ -625,6 +875,15 @@ static void conn_end(struct conn *c, const struct wire_frame *f)
 		        r->uri, f->crc32c, r->crc);
 		conn_req_fail(c, r, &e);
 		conn_req_free(c, r);
+		return;
+	}
+	if (r->ops->async) {
+		/* the backend uploads what remains, commits, verifies; conn_a_done answers */
+		r->committing = 1;
+		if (r->ops->async->put_finish(r->aop, &e) < 0) {
+			conn_req_fail(c, r, &e);
+			conn_req_free(c, r);
+		}
 		return;
 	}
 	struct backend_writer *wr = r->wr;
@@ -703,6 +962,15 @@ static int conn_payload(struct conn *c, struct evbuffer *in)
 		/* gather a reasonable amount before a write, unless that is all there will be */
 		if (n < c->payload_left && n < CONN_PUT_BATCH)
 			return 0;
+		if (r->ops->async && r->ops->async->put_full(r->aop)) {
+			/* parts in flight up to the limit: stop reading until the backend wakes us
+			 */
+			if (!c->input_blocked) {
+				c->input_blocked = 1;
+				bufferevent_disable(c->bev, EV_READ);
+			}
+			return 0;
+		}
 		struct evbuffer_iovec v[16];
 		struct iovec iov[16];
 		int nv = evbuffer_peek(in, (ev_ssize_t)n, NULL, v, 16);
@@ -719,7 +987,9 @@ static int conn_payload(struct conn *c, struct evbuffer *in)
 		}
 		n = got;
 		struct err e;
-		if (r->ops->put_write(r->wr, iov, nv, &e) < 0)
+		int wrc = r->ops->async ? r->ops->async->put_write(r->aop, iov, nv, &e)
+		                        : r->ops->put_write(r->wr, iov, nv, &e);
+		if (wrc < 0)
 			conn_req_fail(c, r, &e); /* the rest of the payload is discarded */
 		else
 			r->received += n;
@@ -799,10 +1069,12 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 	}
 	if (c->reading_paused && evbuffer_get_length(bufferevent_get_output(bev)) <= c->pause_at) {
 		c->reading_paused = 0;
-		bufferevent_enable(bev, EV_READ);
+		if (!c->input_blocked)
+			bufferevent_enable(bev, EV_READ);
 		conn_process(c); /* requests may be waiting in the input already */
 	}
 	conn_pump(c);
+	conn_a_resume(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -821,7 +1093,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			return;
 		}
 		/* no input for idle_timeout: close unless replies are still flowing out */
-		if (TAILQ_EMPTY(&c->runq) &&
+		if (TAILQ_EMPTY(&c->runq) && c->n_async == 0 &&
 		    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 			log_write(c->env->log, LOGL_INFO,
 			          "conn=%s msg=\"idle timeout\" in_flight=%u", c->peer,
@@ -887,7 +1159,8 @@ int conn_new(const struct conn_env *env, struct event_base *base, int fd, const 
 	if (!c->bev)
 		close(fd);
 	c->close_ev = event_new(base, -1, 0, conn_close_cb, c);
-	if (!c->tab || !c->chunk || !c->bev || !c->close_ev) {
+	c->wake_ev = event_new(base, -1, 0, conn_wake_cb, c);
+	if (!c->tab || !c->chunk || !c->bev || !c->close_ev || !c->wake_ev) {
 		result = err_set(e, WIRE_E_INTERNAL, "conn %s: out of memory", peer);
 		goto done;
 	}
@@ -912,6 +1185,8 @@ done:
 	if (c) {
 		if (c->close_ev)
 			event_free(c->close_ev);
+		if (c->wake_ev)
+			event_free(c->wake_ev);
 		if (c->bev)
 			bufferevent_free(c->bev);
 		if (c->chunk)
@@ -945,6 +1220,7 @@ void conn_free(struct conn *c)
 		while (c->tab[i])
 			conn_req_free(c, c->tab[i]); /* aborted uploads remove their temp files */
 	event_free(c->close_ev);
+	event_free(c->wake_ev);
 	bufferevent_free(c->bev);
 	evbuffer_free(c->chunk);
 	free(c->tab);

@@ -24,7 +24,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cloud.h"
 #include "conn.h"
+#include "http.h"
 #include "log.h"
 #include "uri.h"
 
@@ -75,6 +77,7 @@ struct server {
 	const struct config *cfg;
 	struct log log;
 	struct uri_policy policy;
+	struct cloud cloud;
 	struct event_base *base;
 	struct server_listener *lst;
 	size_t nlst;
@@ -200,6 +203,7 @@ static int worker_init(struct server *s, struct worker *w, struct err *e)
 	TAILQ_INIT(&w->conns);
 	w->bctx.policy = &s->policy;
 	w->bctx.max_frame = s->cfg->max_frame;
+	w->bctx.cloud = &s->cloud;
 	w->env.log = &s->log;
 	w->env.bctx = &w->bctx;
 	w->env.max_frame = s->cfg->max_frame;
@@ -212,13 +216,15 @@ static int worker_init(struct server *s, struct worker *w, struct err *e)
 	w->wake = event_new(w->base, -1, 0, worker_wake_cb, w);
 	if (!w->wake)
 		return err_set(e, WIRE_E_INTERNAL, "cannot create an event");
-	return 0;
+	return http_new(w->base, &s->cloud.http, &w->bctx.http, e);
 }
 
 static void worker_destroy(struct worker *w)
 {
 	if (w->wake)
 		event_free(w->wake);
+	backend_remote_ctx_free(&w->bctx);
+	http_free(w->bctx.http); /* its connections were freed with the loop's conns */
 	if (w->base)
 		event_base_free(w->base);
 	free(w->bctx.scratch);
@@ -551,6 +557,13 @@ int server_new(const struct config *cfg, struct server **out, struct err *e)
 		goto done;
 	}
 	log_hook_libevent();
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		result = err_set(e, WIRE_E_INTERNAL, "cannot initialise libcurl");
+		goto done;
+	}
+	result = cloud_load(cfg, &s->cloud, e);
+	if (result < 0)
+		goto done;
 	for (size_t i = 0; i < cfg->nallow; i++) {
 		result = uri_policy_add(&s->policy, cfg->allow[i], e);
 		if (result < 0)
@@ -681,6 +694,7 @@ void server_free(struct server *s)
 	if (s->base)
 		event_base_free(s->base);
 	uri_policy_free(&s->policy);
+	cloud_free(&s->cloud);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
