@@ -1,8 +1,9 @@
 /* backend.h: what a storage backend implements, and the lookup from scheme to backend.
  *
  * The connection code (conn.c) owns the protocol; a backend only moves object bytes. Local
- * backends are synchronous (file:// and direct:// block briefly on the loop, one chunk at a
- * time).
+ * backends are synchronous (file:// blocks briefly on the loop, one chunk at a time), except
+ * direct://'s GET: O_DIRECT reads cannot use the page cache or sendfile, so they run on the
+ * iopool threads and report through a backend_sink (backend_ops.async_get).
  *
  * Remote backends (s3://, az://, gs://) implement backend_async_ops instead: operations
  * run on the worker's libcurl multi handle and report through a backend_sink.
@@ -24,10 +25,12 @@ struct evbuffer;
 struct backend_ctx {
 	const struct uri_policy *policy;
 	uint32_t max_frame;
-	uint8_t *scratch;          /* max_frame bytes, reused by every read on this thread */
-	struct http *http;         /* the thread's HTTP engine (remote backends) */
-	const struct cloud *cloud; /* endpoints, credentials, upload sizes */
-	struct gs_auth *gs_auth;   /* the thread's GCS token (service account), lazily made */
+	uint8_t *scratch;           /* max_frame bytes, reused by every read on this thread */
+	struct http *http;          /* the thread's HTTP engine (remote backends) */
+	const struct cloud *cloud;  /* endpoints, credentials, upload sizes */
+	struct gs_auth *gs_auth;    /* the thread's GCS token (service account), lazily made */
+	struct iopool *iopool;      /* direct:// reads run there ... */
+	struct iopool_inbox *inbox; /* ... and complete here, on this thread's loop */
 };
 
 struct backend_info {
@@ -54,6 +57,8 @@ struct backend_writer; /* an upload in progress */
 struct backend_op;     /* an asynchronous operation of a remote backend */
 struct http;
 struct cloud;
+struct iopool;
+struct iopool_inbox;
 
 /* How an asynchronous operation reports back to the connection that started it. Calls come
  * from the worker's event loop, never from inside the start call itself. After done (or
@@ -64,6 +69,11 @@ struct backend_sink {
 	void (*header)(void *arg, uint64_t total, const struct backend_info *info);
 	/* GET: the next bytes, in order. */
 	void (*data)(void *arg, const void *p, size_t n);
+	/* GET, instead of data (when the backend owns the buffer): the next n bytes at p, at most
+	 * max_frame of them, handed over; free_fn(p, n, free_arg) releases them once sent (or
+	 * at once, if they cannot be). */
+	void (*data_ref)(void *arg, const void *p, size_t n,
+	                 void (*free_fn)(const void *p, size_t n, void *free_arg), void *free_arg);
 	/* LIST: one entry, in URI order. */
 	void (*entry)(void *arg, const char *uri, uint64_t size, int64_t mtime_ns, int is_prefix);
 	/* PUT: the upload has room for more bytes again (after put_full said 1). */
@@ -101,6 +111,9 @@ struct backend_ops {
 	const char *name;
 	/* Remote backends: everything goes through these, the synchronous calls are NULL. */
 	const struct backend_async_ops *async;
+	/* A local backend whose GET runs off the loop: only get, pause and cancel are set;
+	 * open_read, read and close_read are NULL. */
+	const struct backend_async_ops *async_get;
 	int (*stat)(struct backend_ctx *ctx, const struct uri *u, struct backend_info *info,
 	            struct err *e);
 	/* Open for reading and describe the object. */

@@ -13,6 +13,7 @@ void config_init(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->max_in_flight = 256;
+	c->direct_threads = 2;
 	c->max_frame = WIRE_DEFAULT_FRAME;
 	c->idle_timeout = 300;
 	c->drain_timeout = 30;
@@ -95,6 +96,8 @@ void config_usage(FILE *f)
 	       "  --allow PREFIX        serve URIs under PREFIX, e.g. file:///data/; repeatable;\n"
 	       "                        with none, every request is refused\n"
 	       "  --threads N           event loop threads (default: number of cores)\n"
+	       "  --direct-threads N    threads doing direct:// (O_DIRECT) reads off the event\n"
+	       "                        loops, shared by all of them (default 2)\n"
 	       "  --config FILE         'key = value' lines with these option names\n"
 	       "  --max-in-flight N     requests per connection before BUSY (default 256)\n"
 	       "  --max-frame BYTES     DATA frame payload size (default 4M; k/m suffixes)\n"
@@ -198,6 +201,11 @@ static int config_set(struct config *c, const char *key, const char *val, const 
 			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a thread count (1-1024)",
 			               where, val);
 		c->threads = (int)n;
+	} else if (strcmp(key, "direct-threads") == 0) {
+		if (config_number(val, 1, 256, 0, &n) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a thread count (1-256)",
+			               where, val);
+		c->direct_threads = (int)n;
 	} else if (strcmp(key, "max-in-flight") == 0) {
 		if (config_number(val, 1, 1 << 20, 0, &n) < 0)
 			return err_set(e, WIRE_E_INVALID, "%s: '%s' is not a count (1-1048576)",
@@ -377,6 +385,7 @@ static const char *const config_keys[] = {
     "listen",
     "allow",
     "threads",
+    "direct-threads",
     "config",
     "max-in-flight",
     "max-frame",

@@ -22,6 +22,7 @@ struct config {
 	char **allow;
 	size_t nallow;
 	int threads;            /* 0: one per core */
+	int direct_threads;     /* threads doing direct:// reads, shared by the event loops */
 	uint32_t max_in_flight; /* per connection */
 	uint32_t max_frame;     /* DATA payload bytes */
 	int idle_timeout;       /* seconds; 0: never */

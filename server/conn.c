@@ -56,8 +56,9 @@ struct req {
 	struct backend_writer *wr;
 	uint64_t put_size;
 	uint64_t received;
-	/* remote (asynchronous) backends */
+	/* asynchronous operations (remote backends, direct:// GET) */
 	struct conn *c;
+	const struct backend_async_ops *aops;
 	struct backend_op *aop; /* NULL once the backend reported done */
 	struct evbuffer *pend;  /* GET bytes not yet framed */
 	uint64_t count;         /* LIST entries sent */
@@ -269,7 +270,7 @@ static void conn_req_release(struct conn *c, struct req *r)
 		r->wr = NULL;
 	}
 	if (r->aop) {
-		r->ops->async->cancel(r->aop);
+		r->aops->cancel(r->aop);
 		r->aop = NULL;
 		c->n_async--;
 	}
@@ -413,12 +414,13 @@ static void conn_pump(struct conn *c)
 	c->pumping = 0;
 }
 
-/* ---- remote (asynchronous) backends ----
+/* ---- asynchronous operations (remote backends, direct:// GET) ----
  *
- * The backend calls these from the worker's loop as its HTTP transfers progress. GET bytes
- * are gathered into DATA frames of up to CONN_ASYNC_FLUSH bytes (one copy into our output);
- * when the output passes the high-water mark the transfer is paused, and the write
- * callback resumes it on drain. An upload whose parts are all in flight makes us stop
+ * The backend calls these from the worker's loop as its HTTP transfers (or pool reads)
+ * progress. GET bytes are gathered into DATA frames of up to CONN_ASYNC_FLUSH bytes (one
+ * copy into our output), or, from data_ref, become one DATA frame each by reference; when
+ * the output passes the high-water mark the transfer is paused, and the write callback
+ * resumes it on drain. An upload whose parts are all in flight makes us stop
  * reading input until the backend wakes us. */
 
 static void conn_a_backpressure(struct conn *c, struct req *r)
@@ -427,7 +429,7 @@ static void conn_a_backpressure(struct conn *c, struct req *r)
 	    evbuffer_get_length(bufferevent_get_output(c->bev)) >= c->high_water) {
 		r->paused = 1;
 		c->n_paused++;
-		r->ops->async->pause(r->aop, 1);
+		r->aops->pause(r->aop, 1);
 	}
 }
 
@@ -479,6 +481,40 @@ static void conn_a_data(void *arg, const void *p, size_t n)
 	}
 	if (evbuffer_get_length(r->pend) >= CONN_ASYNC_FLUSH && conn_a_flush(c, r) < 0)
 		return;
+	conn_a_backpressure(c, r);
+}
+
+static void conn_a_data_ref(void *arg, const void *p, size_t n,
+                            void (*free_fn)(const void *p, size_t n, void *free_arg),
+                            void *free_arg)
+{
+	struct req *r = arg;
+	struct conn *c = r->c;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (c->closing || conn_a_flush(c, r) < 0) {
+		free_fn(p, n, free_arg);
+		return;
+	}
+	struct wire_frame f;
+	wire_frame_init(&f, WIRE_DATA, r->id);
+	f.offset = r->sent;
+	f.payload_len = n;
+	if (conn_send(c, &f) < 0) {
+		free_fn(p, n, free_arg);
+		conn_close(c);
+		return;
+	}
+	r->crc = wire_crc32c(r->crc, p, n); /* before the buffer owns (and may free) p */
+	/* on failure the buffer does not take p: free it ourselves */
+	if (evbuffer_add_reference(out, p, n, free_fn, free_arg) < 0) {
+		free_fn(p, n, free_arg);
+		/* a DATA header without its payload would desynchronise the stream */
+		log_write(c->env->log, LOGL_ERROR, "conn=%s id=%" PRIu64 " msg=\"output failed\"",
+		          c->peer, r->id);
+		conn_close(c);
+		return;
+	}
+	r->sent += n;
 	conn_a_backpressure(c, r);
 }
 
@@ -545,12 +581,18 @@ static void conn_a_start(struct conn *c, struct req *r, const struct wire_frame 
                          const struct uri *u)
 {
 	struct err e;
-	const struct backend_async_ops *a = r->ops->async;
-	struct backend_sink s = {r,           conn_a_header, conn_a_data, conn_a_entry,
-	                         conn_a_wake, conn_a_done};
+	const struct backend_async_ops *a = r->ops->async ? r->ops->async : r->ops->async_get;
+	struct backend_sink s = {.arg = r,
+	                         .header = conn_a_header,
+	                         .data = conn_a_data,
+	                         .data_ref = conn_a_data_ref,
+	                         .entry = conn_a_entry,
+	                         .wake = conn_a_wake,
+	                         .done = conn_a_done};
 	struct backend_ctx *ctx = c->env->bctx;
 	int rc = -WIRE_E_INTERNAL;
 	r->c = c;
+	r->aops = a;
 	err_set(&e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
 	switch (f->type) {
 	case WIRE_GET:
@@ -600,7 +642,7 @@ static void conn_a_resume(struct conn *c)
 				r->paused = 0;
 				c->n_paused--;
 				if (r->aop)
-					r->ops->async->pause(r->aop, 0);
+					r->aops->pause(r->aop, 0);
 			}
 			r = next;
 		}
@@ -619,7 +661,7 @@ static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
 		return;
 	}
-	if (ops->async) {
+	if (ops->async || ops->async_get) {
 		conn_a_start(c, r, f, u);
 		return;
 	}

@@ -27,6 +27,7 @@
 #include "cloud.h"
 #include "conn.h"
 #include "http.h"
+#include "iopool.h"
 #include "log.h"
 #include "uri.h"
 
@@ -78,6 +79,7 @@ struct server {
 	struct log log;
 	struct uri_policy policy;
 	struct cloud cloud;
+	struct iopool *iopool; /* direct:// reads, for every worker */
 	struct event_base *base;
 	struct server_listener *lst;
 	size_t nlst;
@@ -210,12 +212,16 @@ static int worker_init(struct server *s, struct worker *w, struct err *e)
 	w->env.max_in_flight = s->cfg->max_in_flight;
 	w->env.idle_timeout = s->cfg->idle_timeout;
 	w->env.on_free = worker_conn_freed;
+	w->bctx.iopool = s->iopool;
 	w->base = event_base_new();
 	if (!w->base)
 		return err_set(e, WIRE_E_INTERNAL, "cannot create an event loop");
 	w->wake = event_new(w->base, -1, 0, worker_wake_cb, w);
 	if (!w->wake)
 		return err_set(e, WIRE_E_INTERNAL, "cannot create an event");
+	int rc = iopool_inbox_new(w->base, &w->bctx.inbox, e);
+	if (rc < 0)
+		return rc;
 	return http_new(w->base, &s->cloud.http, &w->bctx.http, e);
 }
 
@@ -223,6 +229,8 @@ static void worker_destroy(struct worker *w)
 {
 	if (w->wake)
 		event_free(w->wake);
+	/* the pool has stopped: what it completed for us only frees cancelled reads */
+	iopool_inbox_free(w->bctx.inbox);
 	backend_remote_ctx_free(&w->bctx);
 	http_free(w->bctx.http); /* its connections were freed with the loop's conns */
 	if (w->base)
@@ -631,6 +639,10 @@ int server_run(struct server *s, struct err *e)
 			goto done;
 		}
 	}
+	/* started while SIGTERM and SIGINT are still held back, so its threads keep them so */
+	result = iopool_new(cfg->direct_threads, &s->iopool, e);
+	if (result < 0)
+		goto done;
 	for (int i = 0; i < s->nworkers; i++) {
 		result = worker_init(s, &s->workers[i], e);
 		if (result < 0)
@@ -651,10 +663,12 @@ int server_run(struct server *s, struct err *e)
 		          "msg=\"no --allow prefix given: every request will be refused\"");
 	for (size_t i = 0; i < s->policy.n; i++)
 		log_write(&s->log, LOGL_INFO, "allow=%s", s->policy.v[i].text);
-	log_write(&s->log, LOGL_INFO,
-	          "msg=started version=%s threads=%d max_frame=%u max_in_flight=%u idle_timeout=%d",
-	          CONFIG_VERSION, s->nworkers, cfg->max_frame, cfg->max_in_flight,
-	          cfg->idle_timeout);
+	log_write(
+	    &s->log, LOGL_INFO,
+	    "msg=started version=%s threads=%d direct_threads=%d max_frame=%u max_in_flight=%u "
+	    "idle_timeout=%d",
+	    CONFIG_VERSION, s->nworkers, cfg->direct_threads, cfg->max_frame, cfg->max_in_flight,
+	    cfg->idle_timeout);
 	event_base_loop(s->base, EVLOOP_NO_EXIT_ON_EMPTY);
 done:
 	if (s->workers) {
@@ -676,6 +690,8 @@ void server_free(struct server *s)
 		return;
 	server_close_listeners(s, 0);
 	free(s->lst);
+	/* finishes the reads still queued; their completions wait in the workers' inboxes */
+	iopool_free(s->iopool);
 	if (s->workers) {
 		for (int i = 0; i < s->nworkers; i++)
 			worker_destroy(&s->workers[i]);

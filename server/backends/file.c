@@ -5,12 +5,16 @@
  * pread also tells us, before any DATA header is written, whether the file shrank. We do
  * not mmap: a file truncated while mapped would SIGBUS the whole server.
  *
- * direct:// reads with O_DIRECT into 4096-aligned buffers covering an aligned superset of
- * the range, and hands the wanted slice to the socket buffer by reference.
+ * direct:// GETs never block the loop: each max_frame chunk is read with O_DIRECT on an
+ * iopool thread into a 4096-aligned buffer covering an aligned superset of the chunk, and
+ * the wanted slice is handed to the connection by reference (backend_sink.data_ref). At
+ * most FILE_DIRECT_DEPTH chunks per GET are read or waiting at once, and none is started
+ * while the connection has paused the GET, so a slow reader holds a bounded amount.
  *
  * Uploads (either scheme) go to a temporary file beside the target, which is fsynced and
  * renamed over it only once every byte arrived and matched. */
 #include "backend.h"
+#include "iopool.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,11 +30,11 @@
 #include <unistd.h>
 
 #define FILE_DIRECT_ALIGN 4096u
+#define FILE_DIRECT_DEPTH 2 /* chunk reads per direct:// GET in the pool or waiting */
 #define FILE_LIST_MAX_DEPTH 128
 
 struct backend_reader {
 	int fd;
-	int direct;
 	char *uri; /* for messages */
 };
 
@@ -122,7 +126,6 @@ static int file_open_common(struct backend_ctx *ctx, const struct uri *u, int di
 	}
 	file_info(&st, info);
 	r->fd = fd;
-	r->direct = direct;
 	fd = -1;
 	*rp = r;
 	r = NULL;
@@ -140,12 +143,6 @@ static int file_open_read(struct backend_ctx *ctx, const struct uri *u, struct b
                           struct backend_info *info, struct err *e)
 {
 	return file_open_common(ctx, u, 0, r, info, e);
-}
-
-static int direct_open_read(struct backend_ctx *ctx, const struct uri *u, struct backend_reader **r,
-                            struct backend_info *info, struct err *e)
-{
-	return file_open_common(ctx, u, 1, r, info, e);
 }
 
 /* pread until n bytes or end of file; returns bytes read or -1 (errno set). */
@@ -209,67 +206,9 @@ done:
 	return result;
 }
 
-static void file_free_aligned(const void *data, size_t len, void *base)
-{
-	(void)data;
-	(void)len;
-	free(base);
-}
-
-static int file_read_direct(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off,
-                            size_t n, struct evbuffer *out, uint32_t *crc, struct err *e)
-{
-	(void)ctx;
-	uint8_t *buf = NULL;
-	int result = 0;
-	uint64_t a_off = off & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
-	uint64_t end = off + n;
-	uint64_t a_end = (end + FILE_DIRECT_ALIGN - 1) & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
-	size_t alen = (size_t)(a_end - a_off);
-	size_t need = (size_t)(end - a_off);
-	if (posix_memalign((void **)&buf, FILE_DIRECT_ALIGN, alen) != 0)
-		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
-	size_t got = 0;
-	while (got < need) {
-		ssize_t k = pread(r->fd, buf + got, alen - got, (off_t)(a_off + got));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0 && errno == EINVAL) {
-			result = err_set(e, WIRE_E_UNSUPPORTED,
-			                 "%s: filesystem does not support O_DIRECT", r->uri);
-			goto done;
-		}
-		if (k < 0) {
-			result = err_errno(e, r->uri, errno);
-			goto done;
-		}
-		if (k == 0)
-			break;
-		got += (size_t)k;
-		if (got % FILE_DIRECT_ALIGN)
-			break; /* a short, unaligned read: the end of the file */
-	}
-	if (got < need) {
-		result = err_set(e, WIRE_E_IO, "%s: file shrank during read", r->uri);
-		goto done;
-	}
-	uint8_t *payload = buf + (off - a_off);
-	if (evbuffer_add_reference(out, payload, n, file_free_aligned, buf) < 0) {
-		result = err_set(e, WIRE_E_INTERNAL, "%s: cannot queue a buffer", r->uri);
-		goto done;
-	}
-	*crc = wire_crc32c(*crc, payload, n);
-	buf = NULL; /* freed by file_free_aligned once sent */
-done:
-	free(buf);
-	return result;
-}
-
 static int file_read(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off, size_t n,
                      struct evbuffer *out, uint32_t *crc, struct err *e)
 {
-	if (r->direct)
-		return file_read_direct(r, ctx, off, n, out, crc, e);
 	return file_read_sendfile(r, ctx, off, n, out, crc, e);
 }
 
@@ -281,6 +220,267 @@ static void file_close_read(struct backend_reader *r)
 	free(r->uri);
 	free(r);
 }
+
+/* ---- direct:// GET, off the loop ----
+ *
+ * The op's chunks form a ring in object order: chunk[head] is delivered next, count are in
+ * use (read by the pool, or read and waiting for their turn or for the connection to
+ * resume). Chunks point into the op, so the op lives until the pool has handed every one
+ * back: a GET that ends or is cancelled is only marked over, and freed by the last of its
+ * completions (which then deliver nothing). */
+
+enum file_chunk_state { FILE_CHUNK_FREE, FILE_CHUNK_READING, FILE_CHUNK_READY };
+
+struct file_chunk {
+	struct iopool_job job; /* first: the pool hands back &job */
+	struct backend_op *op;
+	int state;
+	uint64_t off; /* object offset of the wanted bytes */
+	size_t n;     /* wanted bytes; 0: no read, only a turn on the loop */
+	uint8_t *buf; /* aligned; the wanted bytes start at buf + skip */
+	size_t skip;
+	int rc; /* of the read; e says why */
+	struct err e;
+};
+
+struct backend_op {
+	struct backend_reader *rd;
+	struct backend_sink sink;
+	struct backend_info info;
+	struct iopool *pool;
+	struct iopool_inbox *inbox;
+	uint32_t max_frame;
+	uint64_t start, end; /* the wanted object bytes */
+	uint64_t next_off;   /* where the next chunk starts */
+	struct file_chunk chunk[FILE_DIRECT_DEPTH];
+	unsigned head, count;
+	unsigned in_pool; /* chunks the pool has not handed back */
+	int header_sent;
+	int paused;
+	int pumping;
+	int over; /* done was reported, or the connection cancelled: deliver nothing more */
+};
+
+static void file_free_aligned(const void *data, size_t len, void *base)
+{
+	(void)data;
+	(void)len;
+	free(base);
+}
+
+/* On a pool thread: read the aligned superset of the chunk's bytes. Touches only the chunk
+ * and the op's descriptor and URI, which stay put while the chunk is in the pool. */
+static void direct_chunk_run(struct iopool_job *j)
+{
+	struct file_chunk *k = (struct file_chunk *)j;
+	const struct backend_reader *r = k->op->rd;
+	uint64_t a_off = k->off & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
+	uint64_t end = k->off + k->n;
+	uint64_t a_end = (end + FILE_DIRECT_ALIGN - 1) & ~(uint64_t)(FILE_DIRECT_ALIGN - 1);
+	size_t alen = (size_t)(a_end - a_off);
+	size_t need = (size_t)(end - a_off);
+	size_t got = 0;
+	k->rc = 0;
+	k->skip = (size_t)(k->off - a_off);
+	if (k->n == 0)
+		return;
+	if (posix_memalign((void **)&k->buf, FILE_DIRECT_ALIGN, alen) != 0) {
+		k->buf = NULL;
+		k->rc = err_set(&k->e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+		return;
+	}
+	while (got < need) {
+		ssize_t m = pread(r->fd, k->buf + got, alen - got, (off_t)(a_off + got));
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m < 0 && errno == EINVAL) {
+			k->rc = err_set(&k->e, WIRE_E_UNSUPPORTED,
+			                "%s: filesystem does not support O_DIRECT", r->uri);
+			goto done;
+		}
+		if (m < 0) {
+			k->rc = err_errno(&k->e, r->uri, errno);
+			goto done;
+		}
+		if (m == 0)
+			break;
+		got += (size_t)m;
+		if (got % FILE_DIRECT_ALIGN)
+			break; /* a short, unaligned read: the end of the file */
+	}
+	if (got < need)
+		k->rc = err_set(&k->e, WIRE_E_IO, "%s: file shrank during read", r->uri);
+done:
+	if (k->rc < 0) {
+		free(k->buf);
+		k->buf = NULL;
+	}
+}
+
+static void direct_op_free_if_idle(struct backend_op *op)
+{
+	if (!op->over || op->in_pool || op->pumping)
+		return;
+	for (unsigned i = 0; i < FILE_DIRECT_DEPTH; i++)
+		free(op->chunk[i].buf);
+	file_close_read(op->rd);
+	free(op);
+}
+
+static void direct_submit(struct backend_op *op, uint64_t off, size_t n)
+{
+	struct file_chunk *k = &op->chunk[(op->head + op->count) % FILE_DIRECT_DEPTH];
+	k->state = FILE_CHUNK_READING;
+	k->off = off;
+	k->n = n;
+	k->buf = NULL;
+	op->count++;
+	op->in_pool++;
+	iopool_submit(op->pool, op->inbox, &k->job);
+}
+
+/* Start reads while there is room in the ring and the connection wants more. */
+static void direct_fill(struct backend_op *op)
+{
+	while (!op->paused && op->count < FILE_DIRECT_DEPTH && op->next_off < op->end) {
+		/* the first chunk ends on an alignment boundary, so later ones start on one */
+		uint64_t n = op->max_frame - (op->next_off & (FILE_DIRECT_ALIGN - 1));
+		if (n > op->end - op->next_off)
+			n = op->end - op->next_off;
+		direct_submit(op, op->next_off, (size_t)n);
+		op->next_off += n;
+	}
+}
+
+static void direct_finish(struct backend_op *op, int rc, const struct err *e)
+{
+	op->over = 1;
+	op->sink.done(op->sink.arg, rc, e);
+}
+
+/* On the loop: report what is ready, in order, and keep the ring full. May free op. */
+static void direct_pump(struct backend_op *op)
+{
+	if (op->pumping)
+		return;
+	op->pumping = 1;
+	while (!op->over) {
+		struct file_chunk *k = &op->chunk[op->head];
+		if (!op->header_sent) {
+			op->header_sent = 1;
+			op->sink.header(op->sink.arg, op->end - op->start, &op->info);
+			continue;
+		}
+		if (op->count && k->state == FILE_CHUNK_READY) {
+			if (k->rc < 0) {
+				direct_finish(op, k->rc, &k->e);
+				break;
+			}
+			if (op->paused)
+				break;
+			uint8_t *buf = k->buf;
+			k->buf = NULL;
+			k->state = FILE_CHUNK_FREE;
+			op->head = (op->head + 1) % FILE_DIRECT_DEPTH;
+			op->count--;
+			if (k->n)
+				op->sink.data_ref(op->sink.arg, buf + k->skip, k->n,
+				                  file_free_aligned, buf);
+			continue;
+		}
+		if (!op->count && op->next_off >= op->end) {
+			direct_finish(op, 0, NULL);
+			break;
+		}
+		direct_fill(op);
+		break;
+	}
+	op->pumping = 0;
+	direct_op_free_if_idle(op);
+}
+
+static void direct_chunk_done(struct iopool_job *j)
+{
+	struct file_chunk *k = (struct file_chunk *)j;
+	struct backend_op *op = k->op;
+	op->in_pool--;
+	k->state = FILE_CHUNK_READY;
+	if (op->over)
+		direct_op_free_if_idle(op);
+	else
+		direct_pump(op);
+}
+
+static int direct_get(struct backend_ctx *ctx, const struct uri *u, uint64_t off, uint64_t len,
+                      const struct backend_sink *s, struct backend_op **opp, struct err *e)
+{
+	struct backend_reader *rd = NULL;
+	struct backend_info info;
+	struct backend_op *op = NULL;
+	int result = file_open_common(ctx, u, 1, &rd, &info, e);
+	if (result < 0)
+		goto done;
+	if (off > info.size) {
+		result = err_set(e, WIRE_E_RANGE,
+		                 "%s: offset %" PRIu64 " is past the end (%" PRIu64 " bytes)",
+		                 u->text, off, info.size);
+		goto done;
+	}
+	if (!ctx->iopool || !ctx->inbox) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: no direct:// I/O threads", u->text);
+		goto done;
+	}
+	op = calloc(1, sizeof(*op));
+	if (!op) {
+		result = err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
+		goto done;
+	}
+	op->rd = rd;
+	rd = NULL;
+	op->sink = *s;
+	op->info = info;
+	op->pool = ctx->iopool;
+	op->inbox = ctx->inbox;
+	op->max_frame = ctx->max_frame;
+	op->start = op->next_off = off;
+	op->end = off + (len < info.size - off ? len : info.size - off);
+	for (unsigned i = 0; i < FILE_DIRECT_DEPTH; i++) {
+		op->chunk[i].op = op;
+		op->chunk[i].job.run = direct_chunk_run;
+		op->chunk[i].job.done = direct_chunk_done;
+	}
+	/* the sink hears nothing before the first completion: an empty range still takes a
+	 * (read-less) turn through the pool, so its header and end come from the loop */
+	if (op->start == op->end)
+		direct_submit(op, off, 0);
+	else
+		direct_fill(op);
+	*opp = op;
+	op = NULL;
+done:
+	free(op);
+	file_close_read(rd);
+	return result;
+}
+
+static void direct_pause(struct backend_op *op, int pause)
+{
+	op->paused = pause;
+	if (!pause && !op->over)
+		direct_pump(op);
+}
+
+static void direct_cancel(struct backend_op *op)
+{
+	op->over = 1;
+	direct_op_free_if_idle(op);
+}
+
+static const struct backend_async_ops direct_async_get = {
+    .get = direct_get,
+    .pause = direct_pause,
+    .cancel = direct_cancel,
+};
 
 /* ---- LIST ---- */
 
@@ -636,10 +836,8 @@ const struct backend_ops backend_file_ops = {
 
 const struct backend_ops backend_direct_ops = {
     .name = "direct",
+    .async_get = &direct_async_get,
     .stat = file_stat,
-    .open_read = direct_open_read,
-    .read = file_read,
-    .close_read = file_close_read,
     .list = file_list,
     .remove = file_remove,
     .put_open = file_put_open,
