@@ -280,7 +280,7 @@ def test_gs_service_account(emu, s3dlio_mod, tmp_path):
     rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    tokens = TokenServer(key.public_key(), "s3dlio@demo.iam.gserviceaccount.com", ttl=2)
+    tokens = TokenServer(key.public_key(), "s3dlio@demo.iam.gserviceaccount.com", ttl=10)
     proxy = cloudemu.Proxy(emu.endpoint, lambda m, p, h: None if (
         h.get("Authorization", "").removeprefix("Bearer ") in tokens.issued) else
         (401, "application/json", b'{"error": {"code": 401, "message": "Invalid Credentials"}}'))
@@ -293,13 +293,21 @@ def test_gs_service_account(emu, s3dlio_mod, tmp_path):
                                env=env)
     try:
         s3dlio_mod.connect(good.tcp_url)
+        t0 = time.monotonic()
         s3dlio_mod.put_bytes(_uri("sa/x"), b"signed by a service account")
         assert bytes(s3dlio_mod.get(_uri("sa/x"))) == b"signed by a service account"
         assert s3dlio_mod.list(_uri("sa/")) == [_uri("sa/x")]
-        assert tokens.requests == 1  # one token serves many requests
-        time.sleep(1.3)  # a 2 s token is refreshed after half its life
+        # A 10 s token is refreshed after half its life. On a machine so loaded that the
+        # calls above took most of that, only the counts that cannot depend on it are checked.
+        in_time = time.monotonic() - t0 < 4.0
+        if in_time:
+            assert tokens.requests == 1  # one token serves many requests
+        time.sleep(max(0.0, 5.3 - (time.monotonic() - t0)))
         assert s3dlio_mod.stat(_uri("sa/x"))["size"] == 27
-        assert tokens.requests == 2 and len(tokens.issued) == 2
+        if in_time:
+            assert tokens.requests == 2 and len(tokens.issued) == 2
+        else:
+            assert tokens.requests >= 2
         # a key the token endpoint does not accept: a clear error, no request goes out
         s3dlio_mod.connect(bad.tcp_url)
         with pytest.raises(PermissionError) as ei:
