@@ -89,7 +89,7 @@ void config_usage(FILE *f)
 	fprintf(
 	    f, "usage: s3dliod [options]\n"
 	       "\n"
-	       "Serve object bytes (file://, direct://) to s3dlio clients.\n"
+	       "Serve object bytes (file://, direct://, s3://, az://, gs://) to s3dlio clients.\n"
 	       "\n"
 	       "  --listen URL          tcp://HOST:PORT or unix:///PATH; repeatable\n"
 	       "                        (default " CONFIG_DEFAULT_LISTEN "; port 0 picks one)\n"
@@ -106,7 +106,7 @@ void config_usage(FILE *f)
 	       "  --log-level LEVEL     error, warn, info or debug (default info)\n"
 	       "  --parent-pid PID      stop (as on SIGTERM) when process PID is gone\n"
 	       "\n"
-	       "Remote backends (s3://; credentials also from the usual environment variables):\n"
+	       "Remote backends (s3://, az://, gs://; credentials also from the usual environment variables):\n"
 	       "  --multipart-threshold BYTES  uploads above this go in parts (default 64M)\n"
 	       "  --part-size BYTES     upload part size (default 16M)\n"
 	       "  --parts-in-flight N   parts uploaded in parallel per upload (default 4)\n"
