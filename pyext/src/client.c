@@ -260,13 +260,9 @@ static void one_release(void *ctx, size_t index, void *ptr, uint64_t size)
 	bytesview_free_raw(ptr);
 }
 
-/* get_many: one buffer per request, by index (distinct slots, so no lock is needed) */
-typedef struct many_ctx {
-	void **ptrs;
-	size_t n;
-} many_ctx;
-
-static void *many_alloc(void *ctx, size_t index, uint64_t size)
+/* get_many's allocator: one buffer per request, by index (distinct slots, so no lock is
+ * needed). Shared with the loader's prefetch thread (loader.c). */
+void *many_alloc(void *ctx, size_t index, uint64_t size)
 {
 	many_ctx *mc = ctx;
 	void *p;
@@ -278,7 +274,7 @@ static void *many_alloc(void *ctx, size_t index, uint64_t size)
 	return p;
 }
 
-static void many_release(void *ctx, size_t index, void *ptr, uint64_t size)
+void many_release(void *ctx, size_t index, void *ptr, uint64_t size)
 {
 	many_ctx *mc = ctx;
 

@@ -57,6 +57,15 @@ PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri)
 /* Aligned allocation for object bytes (callable without the GIL). Size 0 still gets a small
  * real allocation, so a successful call never returns NULL. */
 void *bytesview_alloc_raw(uint64_t size);
+
+/* An s3dlio_get_many allocator that records each request's buffer in ptrs[index]
+ * (bytesview_alloc_raw), and its release callback, which clears the slot and frees. */
+typedef struct many_ctx {
+	void **ptrs;
+	size_t n;
+} many_ctx;
+void *many_alloc(void *ctx, size_t index, uint64_t size);
+void many_release(void *ctx, size_t index, void *ptr, uint64_t size);
 void bytesview_free_raw(void *ptr);
 
 /* A BytesView that adopts ptr (from bytesview_alloc_raw, or NULL when size is 0). On failure

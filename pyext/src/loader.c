@@ -89,32 +89,6 @@ PyObject *loader_crc32c(PyObject *module, PyObject *args, PyObject *kwds)
 
 /* ---- the fetch thread ---- */
 
-typedef struct win_ctx {
-	void **ptrs;
-	size_t n;
-} win_ctx;
-
-static void *win_alloc(void *ctx, size_t index, uint64_t size)
-{
-	win_ctx *wc = ctx;
-	void *p;
-
-	if (index >= wc->n)
-		return NULL;
-	p = bytesview_alloc_raw(size);
-	wc->ptrs[index] = p;
-	return p;
-}
-
-static void win_release(void *ctx, size_t index, void *ptr, uint64_t size)
-{
-	win_ctx *wc = ctx;
-
-	(void)size;
-	if (index < wc->n && wc->ptrs[index] == ptr)
-		wc->ptrs[index] = NULL;
-	bytesview_free_raw(ptr);
-}
 
 static char *dup_msg(const char *a, const char *b)
 {
@@ -140,7 +114,7 @@ static void *pf_thread(void *arg)
 
 	while (pos < pf->n) {
 		size_t want = pf->n - pos, i;
-		win_ctx wc;
+		many_ctx wc;
 		s3dlio_error err;
 		int rc, stop;
 
@@ -179,7 +153,7 @@ static void *pf_thread(void *arg)
 		wc.ptrs = ptrs;
 		wc.n = want;
 		memset(&err, 0, sizeof(err));
-		rc = s3dlio_get_many(pf->c, reqs, want, pf->in_flight, win_alloc, win_release, &wc,
+		rc = s3dlio_get_many(pf->c, reqs, want, pf->in_flight, many_alloc, many_release, &wc,
 		                     &err);
 		(void)rc;
 		pthread_mutex_lock(&pf->mu);
