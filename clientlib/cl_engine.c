@@ -39,6 +39,9 @@
 #endif
 
 #define ENG_SCRATCH_SIZE (64u << 10)
+/* With CRC checking, a payload read lands at most this much at once, so the CRC that
+ * follows reads bytes still in L2 rather than from memory. */
+#define ENG_CRC_READ (256u << 10)
 #define ENG_MAX_IN_FLIGHT 4096u
 #define ENG_BUSY_RETRIES 6u
 #define ENG_BUSY_MAX_DELAY_MS 2000u
@@ -928,6 +931,8 @@ static void ec_read(struct eng *e, struct eng_conn *ec)
 				if (lim > ENG_SCRATCH_SIZE)
 					lim = ENG_SCRATCH_SIZE;
 			}
+			if (e->verify && lim > ENG_CRC_READ)
+				lim = ENG_CRC_READ;
 			if (lim > SSIZE_MAX / 2)
 				lim = SSIZE_MAX / 2;
 			first = (size_t)lim;

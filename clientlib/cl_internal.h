@@ -4,6 +4,7 @@
  *   cl_conn.c    cl_conn_*: one connection (URL, connect with a deadline, HELLO/WELCOME)
  *   cl_pool.c    cl_pool_*: the client's connections, checked out exclusively by a call
  *   cl_engine.c  cl_engine_run: drives a call's requests over its connections
+ *   cl_route.c   cl_route_*: several servers behind one client (rendezvous hashing, failover)
  *
  * Every internal symbol starts with cl_: unit tests link this library together with the
  * server's core, whose modules have their own prefixes (conn_*, ...). */
@@ -77,6 +78,11 @@ struct s3dlio_client {
 
 	struct cl_stats stats;
 
+	/* several servers (cl_route.c): calls go to these single-server clients; a client with
+	 * members has no connections of its own (its mutex guards the members' state) */
+	struct cl_member *members;
+	unsigned nmembers;
+
 	/* pool (cl_pool.c) */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -94,6 +100,33 @@ int cl_map_wire_code(uint32_t code);
 char *cl_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cl_free_msg(char *msg);
 uint64_t cl_now_ms(void);
+
+/* ---- client.c ---- */
+/* A client of the one server at url (no list); probe: connect once now, failing if it
+ * cannot. */
+s3dlio_client *cl_client_new_one(const char *url, const s3dlio_options *opts, int probe,
+                                 s3dlio_error *err);
+
+/* ---- cl_route.c ---- */
+struct cl_member;
+struct cl_op;
+/* Split a server URL list (commas) into single-server URLs, expanding a DNS name with
+ * several addresses; free with cl_route_free_list. */
+int cl_route_split(const char *url, char ***out, size_t *n, s3dlio_error *err);
+void cl_route_free_list(char **v, size_t n);
+/* Make c's members from urls (n >= 2), connecting to each once; fails only when none
+ * answers, or an entry is malformed. */
+int cl_route_init(s3dlio_client *c, char **urls, size_t n, const s3dlio_options *opts,
+                  s3dlio_error *err);
+void cl_route_destroy(s3dlio_client *c);
+/* Add the members' counters to *out. */
+void cl_route_stats(s3dlio_client *c, s3dlio_stats *out);
+uint64_t cl_route_score(uint64_t member_hash, const char *uri, size_t uri_len);
+/* The URL of the member uri goes to when every member is up. */
+const char *cl_route_member_url(const s3dlio_client *c, const char *uri);
+/* cl_engine_run for a client with members. */
+void cl_route_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in_flight,
+                  s3dlio_alloc_fn alloc, s3dlio_release_fn release, void *actx);
 
 /* ---- cl_conn.c ---- */
 /* Parse url into c->is_unix/host/port/path. */

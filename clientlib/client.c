@@ -126,19 +126,9 @@ static void client_free_fields(s3dlio_client *c)
 	free(c);
 }
 
-S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts,
-                                            s3dlio_error *err)
+static int client_set_options(s3dlio_client *c, const char *url, const s3dlio_options *opts,
+                              s3dlio_error *err)
 {
-	s3dlio_client *c = calloc(1, sizeof(*c));
-	if (!c || !(c->url = strdup(url ? url : ""))) {
-		cl_err(err, S3DLIO_E_NOMEM, "out of memory");
-		free(c);
-		return NULL;
-	}
-	if (cl_conn_parse_url(c, url, err)) {
-		client_free_fields(c);
-		return NULL;
-	}
 	c->max_conns = opts && opts->max_connections ? opts->max_connections : CL_DEFAULT_CONNS;
 	c->connect_timeout_ms =
 	    opts && opts->connect_timeout_ms ? opts->connect_timeout_ms : CL_DEFAULT_CONNECT_MS;
@@ -150,13 +140,11 @@ S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_option
 		if (strlen(token) > WIRE_MAX_TOKEN) {
 			cl_err(err, S3DLIO_E_INVALID, "%s: the token is longer than %u bytes", url,
 			       WIRE_MAX_TOKEN);
-			client_free_fields(c);
-			return NULL;
+			return S3DLIO_E_INVALID;
 		}
 		if (!(c->token = strdup(token))) {
 			cl_err(err, S3DLIO_E_NOMEM, "out of memory");
-			client_free_fields(c);
-			return NULL;
+			return S3DLIO_E_NOMEM;
 		}
 	}
 	atomic_init(&c->stats.requests, 0);
@@ -170,9 +158,26 @@ S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_option
 	atomic_init(&c->stats.busy_retries, 0);
 	if (cl_pool_init(c)) {
 		cl_err(err, S3DLIO_E_INTERNAL, "%s: cannot create the connection pool", url);
+		return S3DLIO_E_INTERNAL;
+	}
+	return 0;
+}
+
+s3dlio_client *cl_client_new_one(const char *url, const s3dlio_options *opts, int probe,
+                                 s3dlio_error *err)
+{
+	s3dlio_client *c = calloc(1, sizeof(*c));
+	if (!c || !(c->url = strdup(url ? url : ""))) {
+		cl_err(err, S3DLIO_E_NOMEM, "out of memory");
+		free(c);
+		return NULL;
+	}
+	if (cl_conn_parse_url(c, url, err) || client_set_options(c, url, opts, err)) {
 		client_free_fields(c);
 		return NULL;
 	}
+	if (!probe)
+		return c;
 	/* connect once: a client for a server that is not there fails here, clearly */
 	struct cl_conn *cn = NULL;
 	if (cl_pool_checkout(c, 1, &cn, err)) {
@@ -184,10 +189,45 @@ S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_option
 	return c;
 }
 
+S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts,
+                                            s3dlio_error *err)
+{
+	char **urls = NULL;
+	size_t n = 0;
+	s3dlio_client *c = NULL;
+	if (cl_route_split(url, &urls, &n, err))
+		return NULL;
+	if (n == 1) {
+		c = cl_client_new_one(urls[0], opts, 1, err);
+		goto done;
+	}
+	/* several servers: c only routes (cl_route.c) */
+	c = calloc(1, sizeof(*c));
+	if (!c || !(c->url = strdup(url))) {
+		cl_err(err, S3DLIO_E_NOMEM, "out of memory");
+		free(c);
+		c = NULL;
+		goto done;
+	}
+	if (client_set_options(c, url, opts, err)) {
+		client_free_fields(c);
+		c = NULL;
+		goto done;
+	}
+	if (cl_route_init(c, urls, n, opts, err)) {
+		s3dlio_client_free(c);
+		c = NULL;
+	}
+done:
+	cl_route_free_list(urls, n);
+	return c;
+}
+
 S3DLIO_API void s3dlio_client_free(s3dlio_client *c)
 {
 	if (!c)
 		return;
+	cl_route_destroy(c);
 	cl_pool_destroy(c);
 	client_free_fields(c);
 }
@@ -213,6 +253,24 @@ S3DLIO_API void s3dlio_get_stats(s3dlio_client *c, s3dlio_stats *out)
 	out->connects = atomic_load_explicit(&c->stats.connects, memory_order_relaxed);
 	out->reconnects = atomic_load_explicit(&c->stats.reconnects, memory_order_relaxed);
 	out->busy_retries = atomic_load_explicit(&c->stats.busy_retries, memory_order_relaxed);
+	cl_route_stats(c, out);
+}
+
+S3DLIO_API const char *s3dlio_client_route(const s3dlio_client *c, const char *uri)
+{
+	if (!c || !uri)
+		return NULL;
+	return c->nmembers ? cl_route_member_url(c, uri) : c->url;
+}
+
+/* Every call runs here: on the engine, or spread over the servers of a list. */
+static void client_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in_flight,
+                       s3dlio_alloc_fn alloc, s3dlio_release_fn release, void *actx)
+{
+	if (c->nmembers)
+		cl_route_run(c, ops, n, max_in_flight, alloc, release, actx);
+	else
+		cl_engine_run(c, ops, n, max_in_flight, alloc, release, actx);
 }
 
 /* ---- calls ---- */
@@ -250,7 +308,7 @@ static int run_one(s3dlio_client *c, struct cl_op *op, s3dlio_alloc_fn alloc,
 		cl_err(err, S3DLIO_E_INVALID, "%s: no client", op->uri ? op->uri : "");
 		return S3DLIO_E_INVALID;
 	}
-	cl_engine_run(c, op, 1, 1, alloc, release, ctx);
+	client_run(c, op, 1, 1, alloc, release, ctx);
 	if (op->status != S3DLIO_OK)
 		cl_err(err, op->status, "%s", op->error ? op->error : s3dlio_code_str(op->status));
 	else if (err) {
@@ -339,7 +397,7 @@ S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
 		ops[i].buf = reqs[i].buf;
 		ops[i].buf_cap = reqs[i].buf_cap;
 	}
-	cl_engine_run(c, ops, n, max_in_flight, alloc, release, ctx);
+	client_run(c, ops, n, max_in_flight, alloc, release, ctx);
 	int result = S3DLIO_OK;
 	for (size_t i = 0; i < n; i++) {
 		s3dlio_request *rq = &reqs[i];

@@ -105,13 +105,24 @@ typedef struct s3dlio_stats {
 	uint64_t busy_retries;   /* requests retried after BUSY */
 } s3dlio_stats;
 
-/* url: tcp://HOST:PORT or unix:///PATH. opts may be NULL (defaults; verify_crc then follows
- * S3DLIO_VERIFY_CRC, the token S3DLIO_TOKEN). Connects once to check the server is there
- * (returns NULL with *err filled when it is not). */
+/* url: tcp://HOST:PORT or unix:///PATH, or several servers: URLs separated by commas, or a
+ * tcp:// host name with several addresses (each address is a server). opts may be NULL
+ * (defaults; verify_crc then follows S3DLIO_VERIFY_CRC, the token S3DLIO_TOKEN). Connects
+ * once to check the server is there (returns NULL with *err filled when it is not; with
+ * several, when none is).
+ *
+ * Several servers: each URI goes to one of them by rendezvous hashing, so each caches a
+ * distinct share; requests of a server that fails (cannot connect, connection lost, shutting
+ * down) move to the next one in their URI's order, and that server is avoided for a while
+ * (1 s, doubling to 30 s while it keeps failing). A request fails only when every server
+ * failed it. A get_many spread over several servers runs them at once, one thread each: the
+ * allocator may then be called from several threads at once (for distinct indexes). */
 S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts,
 					    s3dlio_error *err);
 S3DLIO_API void s3dlio_client_free(s3dlio_client *c);
 S3DLIO_API const char *s3dlio_client_url(const s3dlio_client *c);
+/* The server (its URL) that uri goes to while every server is up. */
+S3DLIO_API const char *s3dlio_client_route(const s3dlio_client *c, const char *uri);
 
 /* Whole object or range into a buffer from alloc. On success *data and *size describe it.
  * alloc NULL: the buffer comes from malloc (free it with free()). */
