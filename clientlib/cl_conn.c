@@ -223,7 +223,9 @@ static int send_all(int fd, const uint8_t *buf, size_t len, uint64_t deadline)
 	return 0;
 }
 
-static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, s3dlio_error *err)
+/* *retry_ms: set when the server refused with BUSY (its tenant's connection limit). */
+static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, uint32_t *retry_ms,
+                     s3dlio_error *err)
 {
 	uint8_t hello[WIRE_MAX_TOKEN + 512];
 	struct wire_frame f;
@@ -292,7 +294,9 @@ static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, s3
 	}
 	if (f.type == WIRE_ERROR) {
 		int code = cl_map_wire_code(f.code);
-		if (code == S3DLIO_E_BUSY || code == S3DLIO_E_CANCELLED)
+		if (code == S3DLIO_E_BUSY)
+			*retry_ms = f.retry_ms ? f.retry_ms : 100;
+		else if (code == S3DLIO_E_CANCELLED)
 			code = S3DLIO_E_CONNECTION;
 		cl_err(err, code, "%s refused the connection: %.*s", c->url, (int)f.message_len,
 		       f.message ? f.message : "");
@@ -334,10 +338,23 @@ int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err)
 	cn->fd = -1;
 	cn->next_id = 1;
 	cn->rd_hint = 4096; /* see cl_engine.c: the first reply may well be a large object */
-	result = open_socket(c, deadline, &cn->fd, err);
-	if (result)
-		goto done;
-	result = handshake(c, cn, deadline, err);
+	for (;;) {
+		uint32_t retry_ms = 0;
+		result = open_socket(c, deadline, &cn->fd, err);
+		if (result)
+			goto done;
+		result = handshake(c, cn, deadline, &retry_ms, err);
+		if (result != S3DLIO_E_BUSY)
+			break;
+		/* the tenant has all the connections it may: wait as told, while time is left */
+		int left = ms_left(deadline);
+		if ((uint64_t)left <= retry_ms)
+			goto done;
+		close(cn->fd);
+		cn->fd = -1;
+		cn->stage_off = cn->stage_len = 0;
+		poll(NULL, 0, (int)retry_ms);
+	}
 	if (result)
 		goto done;
 	CL_STAT_ADD(c, connects, 1);

@@ -784,11 +784,14 @@ static void on_error(struct eng *e, struct cl_op *op, const struct wire_frame *f
 		op_finish_local(e, op); /* typically ERROR CANCELLED after our CANCEL */
 		return;
 	}
+	/* BUSY: wait at least the server's retry_ms (a tenant's byte rate may ask for seconds),
+	 * and at least a doubling back-off, a bounded number of times. */
 	if (f->code == WIRE_E_BUSY && op->state == OP_SENT && op->busy_tries < ENG_BUSY_RETRIES) {
-		uint64_t delay = f->retry_ms ? f->retry_ms : 10;
-		delay <<= op->busy_tries;
+		uint64_t delay = 10u << op->busy_tries;
 		if (delay > ENG_BUSY_MAX_DELAY_MS)
 			delay = ENG_BUSY_MAX_DELAY_MS;
+		if (f->retry_ms > delay)
+			delay = f->retry_ms;
 		op->busy_tries++;
 		CL_STAT_ADD(e->c, busy_retries, 1);
 		op_requeue(e, op, e->now + delay);
