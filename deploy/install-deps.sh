@@ -12,7 +12,7 @@ PACKAGES=(
   libisal-dev liburing-dev libjansson-dev libexpat1-dev
   python3 python3-dev python3-venv python3-pip python3-numpy python3-pytest
   python3-pytest-timeout python3-msgpack python3-psutil python3-torch
-  python3-boto3 python3-requests
+  python3-boto3 python3-requests python3-yaml openssl
 )
 
 SUDO=""
