@@ -306,6 +306,7 @@ static int fields_needed(uint32_t type)
 	case WIRE_LIST: return 2;
 	case WIRE_PUT: return 2;
 	case WIRE_DELETE: return 1;
+	case WIRE_PREFETCH: return 1;
 	case WIRE_CANCEL: return 0;
 	case WIRE_WELCOME: return 4;
 	case WIRE_HEADER: return 4;
@@ -347,6 +348,7 @@ int wire_decode(const uint8_t *buf, size_t len, uint32_t max_payload, struct wir
 		break;
 	case WIRE_STAT:
 	case WIRE_DELETE:
+	case WIRE_PREFETCH:
 		rd_str(&r, &f->uri, &f->uri_len, WIRE_MAX_URI);
 		break;
 	case WIRE_LIST:
@@ -473,6 +475,7 @@ int wire_encode(const struct wire_frame *f, uint8_t *out, size_t cap, size_t *le
 		break;
 	case WIRE_STAT:
 	case WIRE_DELETE:
+	case WIRE_PREFETCH:
 		pack_str(&pk, f->uri, f->uri_len);
 		break;
 	case WIRE_LIST:
@@ -577,6 +580,7 @@ const char *wire_type_str(uint32_t type)
 	case WIRE_PUT: return "PUT";
 	case WIRE_DELETE: return "DELETE";
 	case WIRE_CANCEL: return "CANCEL";
+	case WIRE_PREFETCH: return "PREFETCH";
 	case WIRE_WELCOME: return "WELCOME";
 	case WIRE_HEADER: return "HEADER";
 	case WIRE_ENTRY: return "ENTRY";

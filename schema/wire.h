@@ -33,6 +33,7 @@ enum wire_type {
 	WIRE_PUT = 5,
 	WIRE_DELETE = 6,
 	WIRE_CANCEL = 7,
+	WIRE_PREFETCH = 8, /* fetch into the server's cache; END when cached */
 	/* server -> client */
 	WIRE_WELCOME = 16,
 	WIRE_HEADER = 17,
@@ -74,6 +75,7 @@ enum wire_code {
  *   PUT     [5, id, uri, size]                        then DATA frames, then END
  *   DELETE  [6, id, uri]
  *   CANCEL  [7, id]
+ *   PREFETCH [8, id, uri]                          END(object_size, 0) once cached
  *   WELCOME [16, 0, version, max_frame, max_in_flight, server]
  *   HEADER  [17, id, size, object_size, mtime, etag|nil]
  *   ENTRY   [18, id, uri, size, mtime, is_prefix]
@@ -85,7 +87,7 @@ struct wire_frame {
 	uint32_t type;
 	uint64_t id;
 
-	const char *uri; /* GET STAT LIST PUT DELETE ENTRY */
+	const char *uri; /* GET STAT LIST PUT DELETE PREFETCH ENTRY */
 	uint32_t uri_len;
 	uint64_t offset; /* GET: first byte; DATA: position of the payload in the reply */
 	uint64_t length; /* GET: bytes wanted or WIRE_TO_END */

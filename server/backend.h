@@ -26,6 +26,7 @@ struct backend_ctx {
 	const struct uri_policy *policy;
 	uint32_t max_frame;
 	uint8_t *scratch;           /* max_frame bytes, reused by every read on this thread */
+	struct crccache *crccache;  /* whole-file CRCs, shared by the threads (NULL: off) */
 	struct http *http;          /* the thread's HTTP engine (remote backends) */
 	const struct cloud *cloud;  /* endpoints, credentials, upload sizes */
 	struct gs_auth *gs_auth;    /* the thread's GCS token (service account), lazily made */
@@ -53,6 +54,7 @@ struct backend_list {
 };
 
 struct backend_reader; /* an object opened for reading */
+struct crccache;
 struct backend_writer; /* an upload in progress */
 struct backend_op;     /* an asynchronous operation of a remote backend */
 struct http;
@@ -120,10 +122,13 @@ struct backend_ops {
 	int (*open_read)(struct backend_ctx *ctx, const struct uri *u, struct backend_reader **r,
 	                 struct backend_info *info, struct err *e);
 	/* Append exactly n bytes of the object, from offset off, to out (which drains to a
-	 * socket, so file segments may be added), and continue *crc over them. On failure
-	 * nothing is appended. */
+	 * socket, so file segments may be added), and continue *crc over them (crc NULL: the
+	 * caller has it from whole_crc). On failure nothing is appended. */
 	int (*read)(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off, size_t n,
 	            struct evbuffer *out, uint32_t *crc, struct err *e);
+	/* Optional: 1 and the CRC32C of the whole object when known without reading it (a GET
+	 * of all of it then passes crc NULL to read); 0 otherwise. */
+	int (*whole_crc)(struct backend_reader *r, uint32_t *crc);
 	void (*close_read)(struct backend_reader *r);
 	/* Entries under the URI prefix, sorted by URI (see PROTOCOL.md, LIST). */
 	int (*list)(struct backend_ctx *ctx, const struct uri *u, uint32_t flags,

@@ -25,10 +25,24 @@ struct config {
 	int direct_threads;     /* threads doing direct:// reads, shared by the event loops */
 	uint32_t max_in_flight; /* per connection */
 	uint32_t max_frame;     /* DATA payload bytes */
+	size_t crc_cache;       /* whole-file CRC32C entries kept (0: none) */
 	int idle_timeout;       /* seconds; 0: never */
 	int drain_timeout;      /* seconds */
 	int log_level;          /* enum log_level */
+	int log_json;           /* --log-format json */
 	pid_t parent_pid;       /* 0: none */
+	char *metrics;          /* tcp://HOST:PORT of the Prometheus endpoint; NULL: none */
+	char *token_file;       /* bearer tokens and tenants (tokens.h); NULL: local peers only */
+	char *config_file;      /* --config, read again on SIGHUP */
+	char *tls_cert;         /* PEM certificate chain: tcp:// listeners speak TLS */
+	char *tls_key;          /* its PEM private key */
+	char *tls_client_ca;    /* PEM CA(s) that must have signed client certificates */
+	/* the object cache of remote backends (cache.h) */
+	uint64_t cache_mem;        /* byte budget; 0: no cache */
+	uint64_t cache_max_object; /* larger objects are not cached; 0: cache_mem / 8 */
+	int cache_validate_ms;     /* served without asking the backend for this long */
+	char *cache_dir;           /* the disk tier's directory; NULL: none */
+	uint64_t cache_disk;       /* its byte budget */
 	/* remote backends (s3://, az://, gs://) */
 	uint64_t multipart_threshold; /* larger uploads go in parts */
 	uint64_t part_size;
@@ -67,5 +81,8 @@ void config_free(struct config *c);
 int config_parse(struct config *c, int argc, char **argv, struct err *e);
 
 void config_usage(FILE *f);
+
+/* SIGHUP: read the --config file again; *level is its log-level, or -1 when it sets none. */
+int config_reload_log_level(const char *path, int *level, struct err *e);
 
 #endif

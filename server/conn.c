@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -24,7 +25,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
+
+#include "cache.h"
+#include "fetch.h"
+#include "metrics.h"
+#include "tokens.h"
 
 #define CONN_MIN_HIGH_WATER (8u << 20)
 #define CONN_LIST_BATCH 256
@@ -49,6 +57,7 @@ struct req {
 	uint64_t sent;    /* reply bytes sent */
 	uint64_t total;   /* reply bytes announced in HEADER */
 	uint32_t crc;     /* GET: of bytes sent; PUT: of bytes received */
+	int crc_known;    /* GET of a whole file: crc came from the backend (whole_crc) */
 	/* LIST */
 	struct backend_list list;
 	size_t next_entry;
@@ -64,6 +73,14 @@ struct req {
 	uint64_t count;         /* LIST entries sent */
 	int paused;             /* the backend was asked to pause for our output */
 	int committing;         /* PUT: END received, waiting for the backend */
+	uint64_t t0;            /* when the backend operation started (metrics) */
+	int backend;            /* enum metrics_backend */
+	/* GET/PREFETCH through the object cache */
+	struct cache_entry *ce; /* serving from this entry (a reference is held) */
+	struct cache_waiter cw; /* waiting on an entry */
+	int waiting;            /* cw is queued (counted in n_waiting) */
+	uint64_t want_off, want_len;
+	int tenant_counted; /* counted in its tenant's requests in flight */
 };
 
 TAILQ_HEAD(req_queue, req);
@@ -74,6 +91,7 @@ struct conn {
 	struct bufferevent *bev;
 	struct event *close_ev;
 	struct evbuffer *chunk; /* a backend read lands here, then moves behind its header */
+	struct evbuffer *hdr;   /* a frame header is encoded here, then moved to the output */
 	char peer[64];
 	int hello_done;
 	int draining;
@@ -94,6 +112,15 @@ struct conn {
 	int input_blocked;     /* an upload is full: input reading stopped */
 	uint32_t n_paused;     /* remote transfers paused for our output */
 	uint32_t n_async;      /* remote operations in flight */
+	uint32_t n_waiting;    /* requests waiting on the object cache */
+	int local;             /* a Unix-socket or loopback peer */
+	int tls;               /* the bufferevent is a bufferevent_openssl */
+	/* with --token-file: the HELLO token, its table entry and its tenant */
+	char *token;
+	size_t token_len;
+	struct tokens *tokens; /* the table tk lives in (a reference) */
+	const struct token *tk;
+	struct tenant *tenant; /* counted in its connections */
 };
 
 static void conn_process(struct conn *c);
@@ -112,7 +139,13 @@ static int conn_send(struct conn *c, const struct wire_frame *f)
 		          wire_type_str(f->type), wire_result_str(rc));
 		return -1;
 	}
-	return evbuffer_add(bufferevent_get_output(c->bev), buf, n);
+	/* Not evbuffer_add on the output: libevent sizes a new chain after the last one, and
+	 * after a file segment or a reference (a DATA payload) that is the payload's length, so
+	 * every header would malloc (and fault, and free) up to max_frame bytes. A fresh chain
+	 * in the empty staging buffer is small; moving it links it without a copy. */
+	if (evbuffer_add(c->hdr, buf, n) < 0)
+		return -1;
+	return evbuffer_add_buffer(bufferevent_get_output(c->bev), c->hdr);
 }
 
 static void conn_log_error(struct conn *c, uint64_t id, const char *uri, uint32_t code,
@@ -127,10 +160,27 @@ static void conn_log_error(struct conn *c, uint64_t id, const char *uri, uint32_
 	          log_value(m, sizeof(m), msg, 1));
 }
 
+/* The backend a URI names, for metrics ("s3://b/k": s3). */
+static int conn_backend_of_uri(const char *uri)
+{
+	char scheme[8];
+	const char *p = uri ? strstr(uri, "://") : NULL;
+	if (!p || p - uri >= (ptrdiff_t)sizeof(scheme))
+		return MB_NONE;
+	memcpy(scheme, uri, (size_t)(p - uri));
+	scheme[p - uri] = '\0';
+	return metrics_backend_of(scheme);
+}
+
 static void conn_send_error(struct conn *c, uint64_t id, const char *uri, uint32_t code,
                             uint32_t retry_ms, const char *msg)
 {
 	struct wire_frame f;
+	if (c->env->metrics && code < METRICS_NCODES) {
+		metrics_add(&c->env->metrics->errors[conn_backend_of_uri(uri)][code], 1);
+		if (code == WIRE_E_BUSY)
+			metrics_add(&c->env->metrics->busy_total, 1);
+	}
 	wire_frame_init(&f, WIRE_ERROR, id);
 	f.code = code;
 	f.message = msg;
@@ -246,11 +296,15 @@ static struct req *conn_req_new(struct conn *c, const struct wire_frame *f, cons
 	r->id = f->id;
 	r->type = f->type;
 	r->ops = ops;
+	r->c = c;
+	r->backend = metrics_backend_of(ops ? ops->name : NULL);
 	uint32_t h = conn_hash(c, r->id);
 	r->hnext = c->tab[h];
 	c->tab[h] = r;
 	c->n_reqs++;
 	c->n_active++;
+	if (c->env->metrics)
+		metrics_gauge(&c->env->metrics->in_flight, 1);
 	return r;
 }
 
@@ -283,8 +337,27 @@ static void conn_req_release(struct conn *c, struct req *r)
 		r->pend = NULL;
 	}
 	backend_list_free(&r->list);
+	if (r->waiting) {
+		r->waiting = 0;
+		c->n_waiting--;
+	}
+	cache_waiter_cancel(&r->cw);
+	if (r->cw.ev) {
+		event_free(r->cw.ev);
+		r->cw.ev = NULL;
+	}
+	if (r->ce) {
+		cache_entry_unref(r->ce);
+		r->ce = NULL;
+	}
+	if (r->tenant_counted) {
+		r->tenant_counted = 0;
+		tenant_req_leave(c->tenant);
+	}
 	if (!r->discard) {
 		c->n_active--;
+		if (c->env->metrics)
+			metrics_gauge(&c->env->metrics->in_flight, -1);
 		r->discard = 1; /* released: no longer in flight */
 	}
 }
@@ -333,13 +406,61 @@ static void conn_req_fail(struct conn *c, struct req *r, const struct err *e)
 
 /* ---- streams ---- */
 
+static void conn_count_sent(struct conn *c, struct req *r, uint64_t n)
+{
+	if (c->env->metrics)
+		metrics_add(&c->env->metrics->bytes_sent[r->backend], n);
+	if (c->tenant)
+		tenant_charge(c->tenant, n);
+}
+
+/* One DATA frame of a GET served from a cache entry, by reference; 1 while more remains. */
+static int conn_step_cached(struct conn *c, struct req *r)
+{
+	uint64_t left = r->total - r->sent;
+	size_t n = left < c->env->max_frame ? (size_t)left : c->env->max_frame;
+	const uint8_t *p = r->ce->data + r->obj_off;
+	struct wire_frame f;
+	wire_frame_init(&f, WIRE_DATA, r->id);
+	f.offset = r->sent;
+	f.payload_len = n;
+	if (!r->crc_known)
+		r->crc = wire_crc32c(r->crc, p, n);
+	cache_entry_ref(r->ce); /* the output's, dropped once these bytes are written */
+	if (conn_send(c, &f) < 0) {
+		cache_entry_unref(r->ce);
+		conn_close(c);
+		return 0;
+	}
+	if (evbuffer_add_reference(bufferevent_get_output(c->bev), p, n, cache_entry_unref_cb,
+	                           r->ce) < 0) {
+		cache_entry_unref(r->ce);
+		/* a DATA header without its payload would desynchronise the stream */
+		log_write(c->env->log, LOGL_ERROR, "conn=%s id=%" PRIu64 " msg=\"output failed\"",
+		          c->peer, r->id);
+		conn_close(c);
+		return 0;
+	}
+	conn_count_sent(c, r, n);
+	r->sent += n;
+	r->obj_off += n;
+	if (r->sent < r->total)
+		return 1;
+	conn_send_end(c, r->id, r->total, r->crc);
+	conn_req_done(c, r);
+	return 0;
+}
+
 /* One DATA frame of a GET; 1 while more remains. */
 static int conn_step_get(struct conn *c, struct req *r)
 {
 	struct err e;
+	if (r->ce)
+		return conn_step_cached(c, r);
 	uint64_t left = r->total - r->sent;
 	size_t n = left < c->env->max_frame ? (size_t)left : c->env->max_frame;
-	int rc = r->ops->read(r->rd, c->env->bctx, r->obj_off, n, c->chunk, &r->crc, &e);
+	int rc = r->ops->read(r->rd, c->env->bctx, r->obj_off, n, c->chunk,
+	                      r->crc_known ? NULL : &r->crc, &e);
 	if (rc < 0) {
 		evbuffer_drain(c->chunk, evbuffer_get_length(c->chunk));
 		conn_req_fail(c, r, &e);
@@ -357,6 +478,7 @@ static int conn_step_get(struct conn *c, struct req *r)
 		conn_close(c);
 		return 0;
 	}
+	conn_count_sent(c, r, n);
 	r->sent += n;
 	r->obj_off += n;
 	if (r->sent < r->total)
@@ -451,6 +573,7 @@ static int conn_a_flush(struct conn *c, struct req *r)
 			conn_close(c);
 			return -1;
 		}
+		conn_count_sent(c, r, take);
 		r->sent += take;
 		n -= take;
 	}
@@ -514,6 +637,7 @@ static void conn_a_data_ref(void *arg, const void *p, size_t n,
 		conn_close(c);
 		return;
 	}
+	conn_count_sent(c, r, n);
 	r->sent += n;
 	conn_a_backpressure(c, r);
 }
@@ -547,6 +671,10 @@ static void conn_a_done(void *arg, int rc, const struct err *e)
 	struct conn *c = r->c;
 	r->aop = NULL; /* the backend has freed it */
 	c->n_async--;
+	metrics_backend_done(c->env->metrics, r->backend, metrics_op_of(r->type),
+	                     metrics_now_ns() - r->t0, rc == 0);
+	if ((r->type == WIRE_PUT || r->type == WIRE_DELETE) && c->env->cache)
+		cache_invalidate(c->env->cache, r->uri); /* a GET may have refilled it meanwhile */
 	if (r->paused) {
 		r->paused = 0;
 		c->n_paused--;
@@ -604,8 +732,15 @@ static void conn_a_start(struct conn *c, struct req *r, const struct wire_frame 
 	case WIRE_DELETE: rc = a->remove(ctx, u, &s, &r->aop, &e); break;
 	case WIRE_PUT: rc = a->put_open(ctx, u, f->size, &s, &r->aop, &e); break;
 	}
+	if (c->env->metrics) {
+		int op = metrics_op_of(f->type);
+		if (op < MOP_N)
+			metrics_add(&c->env->metrics->backend_requests[r->backend][op], 1);
+	}
+	r->t0 = metrics_now_ns();
 	if (rc < 0) {
 		r->aop = NULL;
+		metrics_backend_done(c->env->metrics, r->backend, metrics_op_of(f->type), 0, 0);
 		conn_req_fail(c, r, &e);
 		return;
 	}
@@ -649,6 +784,163 @@ static void conn_a_resume(struct conn *c)
 	}
 }
 
+/* ---- GET and PREFETCH through the object cache (cache.h, fetch.h) ---- */
+
+static void conn_c_lookup(struct conn *c, struct req *r);
+
+/* Read r's object from its backend, past the cache (too large, or no room). */
+static void conn_c_direct(struct conn *c, struct req *r)
+{
+	struct err e;
+	if (r->type == WIRE_PREFETCH) {
+		conn_send_end(c, r->id, 0, 0); /* nothing was cached: END says 0 bytes */
+		conn_req_done(c, r);
+		return;
+	}
+	struct uri *u = malloc(sizeof(*u));
+	if (!u || uri_parse_str(r->uri, u, &e) < 0) {
+		if (!u)
+			err_set(&e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+		free(u);
+		conn_req_fail(c, r, &e);
+		return;
+	}
+	struct wire_frame f;
+	wire_frame_init(&f, WIRE_GET, r->id);
+	f.offset = r->want_off;
+	f.length = r->want_len;
+	conn_a_start(c, r, &f, u);
+	free(u);
+}
+
+/* r's entry is READY: answer from it. */
+static void conn_c_serve(struct conn *c, struct req *r)
+{
+	struct err e;
+	struct cache_entry *en = r->ce;
+	if (r->type == WIRE_PREFETCH) {
+		conn_send_end(c, r->id, en->size, en->crc);
+		conn_req_done(c, r);
+		return;
+	}
+	if (r->want_off > en->size) {
+		err_set(&e, WIRE_E_RANGE,
+		        "%s: offset %" PRIu64 " is past the end (%" PRIu64 " bytes)", r->uri,
+		        r->want_off, en->size);
+		conn_req_fail(c, r, &e);
+		return;
+	}
+	uint64_t avail = en->size - r->want_off;
+	r->total = r->want_len < avail ? r->want_len : avail;
+	r->obj_off = r->want_off;
+	if (r->obj_off == 0 && r->total == en->size) {
+		r->crc = en->crc;
+		r->crc_known = 1;
+	}
+	conn_send_header(c, r->id, r->total, &en->info);
+	if (r->total == 0) {
+		conn_send_end(c, r->id, 0, 0);
+		conn_req_done(c, r);
+		return;
+	}
+	conn_enqueue(c, r);
+	conn_pump(c);
+}
+
+/* The entry r waited on changed state (on this loop). */
+static void conn_c_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct req *r = arg;
+	struct conn *c = r->c;
+	struct err e;
+	struct cache_entry *en = NULL;
+	if (r->waiting) {
+		r->waiting = 0;
+		c->n_waiting--;
+	}
+	if (!r->cw.entry)
+		return;
+	switch (cache_wait_result(&r->cw, &en, &e)) {
+	case CACHE_READY:
+		r->ce = en;
+		conn_c_serve(c, r);
+		break;
+	case CACHE_FAILED: conn_req_fail(c, r, &e); break;
+	case CACHE_BYPASS: conn_c_direct(c, r); break;
+	default: conn_c_lookup(c, r); break; /* changed meanwhile: ask again */
+	}
+}
+
+static void conn_c_lookup(struct conn *c, struct req *r)
+{
+	struct err e;
+	struct cache_entry *en = NULL;
+	struct uri *u = NULL;
+	int act = cache_get(c->env->cache, r->uri, (int64_t)metrics_now_ns(), &r->cw, &en);
+	switch (act) {
+	case CACHE_HIT:
+		r->ce = en;
+		conn_c_serve(c, r);
+		return;
+	case CACHE_GO_DIRECT: conn_c_direct(c, r); return;
+	default: break;
+	}
+	r->waiting = 1; /* the waiter is queued: its event tells us the outcome */
+	c->n_waiting++;
+	if (act == CACHE_WAIT)
+		return;
+	/* we start the fetch (or HEAD) the waiters share; it belongs to this thread's loop,
+	 * not to r, so r may go away without stopping it */
+	u = malloc(sizeof(*u));
+	if (!u || uri_parse_str(r->uri, u, &e) < 0) {
+		if (!u)
+			err_set(&e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+		if (act == CACHE_FETCH)
+			cache_fill_done(en, -(int)e.code, &e, (int64_t)metrics_now_ns());
+		else
+			cache_revalidated(en, NULL, (int64_t)metrics_now_ns());
+		goto done;
+	}
+	fetch_start(c->env->fetches, en, u, r->ops, act == CACHE_REVALIDATE);
+done:
+	free(u);
+}
+
+/* A GET or PREFETCH of a remote object with the cache on. */
+static void conn_c_get(struct conn *c, struct req *r, const struct wire_frame *f)
+{
+	struct err e;
+	r->want_off = f->type == WIRE_GET ? f->offset : 0;
+	r->want_len = f->type == WIRE_GET ? f->length : WIRE_TO_END;
+	r->cw.ev = event_new(bufferevent_get_base(c->bev), -1, 0, conn_c_wake_cb, r);
+	if (!r->cw.ev) {
+		err_set(&e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+		conn_req_fail(c, r, &e);
+		return;
+	}
+	conn_c_lookup(c, r);
+}
+
+static void conn_do_prefetch(struct conn *c, const struct wire_frame *f, const struct uri *u,
+                             const struct backend_ops *ops)
+{
+	struct err e;
+	if (!ops->async || !c->env->cache) {
+		/* nothing to warm: local files are read from the page cache, and without
+		 * --cache-mem remote objects are not kept */
+		conn_send_end(c, f->id, 0, 0);
+		return;
+	}
+	struct req *r = conn_req_new(c, f, u->text, ops, &e);
+	if (!r) {
+		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		return;
+	}
+	conn_c_get(c, r, f);
+}
+
 /* ---- requests ---- */
 
 static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct uri *u,
@@ -659,6 +951,10 @@ static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct
 	struct req *r = conn_req_new(c, f, u->text, ops, &e);
 	if (!r) {
 		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		return;
+	}
+	if (ops->async && c->env->cache) {
+		conn_c_get(c, r, f);
 		return;
 	}
 	if (ops->async || ops->async_get) {
@@ -679,6 +975,8 @@ static void conn_do_get(struct conn *c, const struct wire_frame *f, const struct
 	uint64_t avail = info.size - f->offset;
 	r->total = f->length < avail ? f->length : avail;
 	r->obj_off = f->offset;
+	if (r->obj_off == 0 && r->total == info.size && ops->whole_crc)
+		r->crc_known = ops->whole_crc(r->rd, &r->crc);
 	conn_send_header(c, r->id, r->total, &info);
 	if (r->total == 0) {
 		conn_send_end(c, r->id, 0, 0);
@@ -736,6 +1034,7 @@ static void conn_do_delete(struct conn *c, const struct wire_frame *f, const str
 {
 	struct err e;
 	if (ops->async) {
+		cache_invalidate(c->env->cache, u->text);
 		struct req *r = conn_req_new(c, f, u->text, ops, &e);
 		if (!r)
 			conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
@@ -765,6 +1064,8 @@ static void conn_put_refused(struct conn *c, const struct wire_frame *f, const c
 		return;
 	}
 	c->n_active--;
+	if (c->env->metrics)
+		metrics_gauge(&c->env->metrics->in_flight, -1);
 	r->discard = 1;
 }
 
@@ -780,6 +1081,7 @@ static void conn_do_put(struct conn *c, const struct wire_frame *f, const struct
 	}
 	r->put_size = f->size;
 	if (ops->async) {
+		cache_invalidate(c->env->cache, u->text);
 		conn_a_start(c, r, f, u);
 		return;
 	}
@@ -794,6 +1096,35 @@ static void conn_refuse(struct conn *c, const struct wire_frame *f, const char *
 	conn_send_error(c, f->id, uri, code, retry_ms, msg);
 	if (f->type == WIRE_PUT)
 		conn_put_refused(c, f, uri);
+}
+
+/* Follow a token file reload (SIGHUP): look the connection's token up in the new table. A
+ * token no longer listed ends the connection (-1). */
+static int conn_token_current(struct conn *c)
+{
+	struct tokens_registry *reg = c->env->tokens;
+	if (tokens_gen(reg) == c->tokens->gen)
+		return 0;
+	struct tokens *t = tokens_acquire(reg);
+	const struct token *tk = tokens_find(t, c->token, c->token_len);
+	if (!tk) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "the token of tenant '%s' was revoked", c->tenant->name);
+		tokens_release(t);
+		conn_send_error(c, 0, NULL, WIRE_E_PERMISSION, 0, msg);
+		conn_close(c);
+		return -1;
+	}
+	if (tk->tenant != c->tenant) {
+		/* moved to another tenant: its connection count moves along (no limit check) */
+		tenant_conn_leave(c->tenant);
+		atomic_fetch_add(&tk->tenant->conns, 1);
+		c->tenant = tk->tenant;
+	}
+	tokens_release(c->tokens);
+	c->tokens = t;
+	c->tk = tk;
+	return 0;
 }
 
 static void conn_request(struct conn *c, const struct wire_frame *f)
@@ -839,14 +1170,41 @@ static void conn_request(struct conn *c, const struct wire_frame *f)
 		conn_refuse(c, f, text, e.code, 0, e.msg);
 		goto done;
 	}
+	uint32_t retry_ms = 0;
+	if (c->tk && conn_token_current(c) < 0) {
+		goto done; /* the token was revoked: the connection is closing */
+	}
+	if (c->tk && tokens_check(c->tk, f->type, u, &e) < 0) {
+		atomic_fetch_add(&c->tenant->refused, 1);
+		conn_refuse(c, f, text, e.code, 0, e.msg);
+		goto done;
+	}
+	if (c->tenant && tenant_req_enter(c->tenant, u->text, &retry_ms, &e) < 0) {
+		conn_refuse(c, f, text, e.code, retry_ms, e.msg);
+		goto done;
+	}
 	log_write(c->env->log, LOGL_DEBUG, "conn=%s id=%" PRIu64 " op=%s uri=%s", c->peer, f->id,
 	          wire_type_str(f->type), text);
+	if (c->env->metrics)
+		metrics_add(&c->env->metrics
+		                 ->requests[metrics_backend_of(ops->name)][metrics_op_of(f->type)],
+		            1);
 	switch (f->type) {
 	case WIRE_GET: conn_do_get(c, f, u, ops); break;
 	case WIRE_STAT: conn_do_stat(c, f, u, ops); break;
 	case WIRE_LIST: conn_do_list(c, f, u, ops); break;
 	case WIRE_DELETE: conn_do_delete(c, f, u, ops); break;
 	case WIRE_PUT: conn_do_put(c, f, u, ops); break;
+	case WIRE_PREFETCH: conn_do_prefetch(c, f, u, ops); break;
+	}
+	if (c->tenant) {
+		/* the request's table entry carries the tenant's count from here; one that ended
+		 * at once (a STAT of a file, a refused PUT) gives it back now */
+		struct req *r = conn_find(c, f->id);
+		if (r && !r->discard)
+			r->tenant_counted = 1;
+		else
+			tenant_req_leave(c->tenant);
 	}
 done:
 	free(u);
@@ -942,6 +1300,64 @@ static void conn_end(struct conn *c, const struct wire_frame *f)
 	conn_req_done(c, r);
 }
 
+/* Refuse the peer at HELLO: ERROR(0, code, msg), then close. */
+static int conn_refuse_peer(struct conn *c, uint32_t code, uint32_t retry_ms, const char *msg)
+{
+	if (c->env->metrics)
+		metrics_add(&c->env->metrics->refused_total, 1);
+	conn_send_error(c, 0, NULL, code, retry_ms, msg);
+	conn_close(c);
+	return -1;
+}
+
+/* Who may talk to us: with a token file, whoever presents a listed token (within its
+ * tenant's connection limit); without one, only Unix-socket and loopback peers. */
+static int conn_admit(struct conn *c, const struct wire_frame *f)
+{
+	char msg[WIRE_MAX_MESSAGE + 1];
+	struct tokens_registry *reg = c->env->tokens;
+	if (!reg || !reg->path) {
+		if (c->local)
+			return 0;
+		snprintf(msg, sizeof(msg),
+		         "%s is not a loopback address: this server has no --token-file, so it "
+		         "serves only clients on this host",
+		         c->peer);
+		return conn_refuse_peer(c, WIRE_E_PERMISSION, 0, msg);
+	}
+	if (!f->token || !f->token_len)
+		return conn_refuse_peer(c, WIRE_E_PERMISSION, 0,
+		                        "this server requires a token (set S3DLIO_TOKEN)");
+	struct tokens *t = tokens_acquire(reg);
+	const struct token *tk = tokens_find(t, f->token, f->token_len);
+	if (!tk) {
+		tokens_release(t);
+		return conn_refuse_peer(c, WIRE_E_PERMISSION, 0,
+		                        "the token is not valid on this server");
+	}
+	struct err e;
+	uint32_t retry_ms = 0;
+	if (tenant_conn_enter(tk->tenant, &retry_ms, &e) < 0) {
+		tokens_release(t);
+		return conn_refuse_peer(c, e.code, retry_ms, e.msg);
+	}
+	c->token = malloc(f->token_len);
+	if (!c->token) {
+		tenant_conn_leave(tk->tenant);
+		tokens_release(t);
+		return conn_refuse_peer(c, WIRE_E_INTERNAL, 0, "out of memory");
+	}
+	memcpy(c->token, f->token, f->token_len);
+	c->token_len = f->token_len;
+	c->tokens = t;
+	c->tk = tk;
+	c->tenant = tk->tenant;
+	char v[300];
+	log_write(c->env->log, LOGL_DEBUG, "conn=%s tenant=%s msg=authenticated", c->peer,
+	          log_value(v, sizeof(v), tk->tenant->name, 0));
+	return 0;
+}
+
 static void conn_hello(struct conn *c, const struct wire_frame *f)
 {
 	if (f->type != WIRE_HELLO) {
@@ -954,6 +1370,8 @@ static void conn_hello(struct conn *c, const struct wire_frame *f)
 		                    f->version, WIRE_VERSION);
 		return;
 	}
+	if (conn_admit(c, f) < 0)
+		return;
 	struct wire_frame w;
 	wire_frame_init(&w, WIRE_WELCOME, 0);
 	w.version = WIRE_VERSION;
@@ -981,7 +1399,8 @@ static void conn_dispatch(struct conn *c, const struct wire_frame *f)
 	case WIRE_STAT:
 	case WIRE_LIST:
 	case WIRE_PUT:
-	case WIRE_DELETE: conn_request(c, f); break;
+	case WIRE_DELETE:
+	case WIRE_PREFETCH: conn_request(c, f); break;
 	case WIRE_CANCEL: conn_cancel(c, f->id); break;
 	case WIRE_DATA: conn_data(c, f); break;
 	case WIRE_END: conn_end(c, f); break;
@@ -1035,6 +1454,10 @@ static int conn_payload(struct conn *c, struct evbuffer *in)
 			conn_req_fail(c, r, &e); /* the rest of the payload is discarded */
 		else
 			r->received += n;
+		if (wrc >= 0 && c->env->metrics)
+			metrics_add(&c->env->metrics->bytes_received[r->backend], n);
+		if (wrc >= 0 && c->tenant)
+			tenant_charge(c->tenant, n);
 	}
 	if (n == 0)
 		return 0;
@@ -1135,7 +1558,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			return;
 		}
 		/* no input for idle_timeout: close unless replies are still flowing out */
-		if (TAILQ_EMPTY(&c->runq) && c->n_async == 0 &&
+		if (TAILQ_EMPTY(&c->runq) && c->n_async == 0 && c->n_waiting == 0 &&
 		    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 			log_write(c->env->log, LOGL_INFO,
 			          "conn=%s msg=\"idle timeout\" in_flight=%u", c->peer,
@@ -1149,14 +1572,22 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
 		int level = c->n_active ? LOGL_WARN : LOGL_DEBUG;
 		const char *why = "closed by peer";
-		if (what & BEV_EVENT_ERROR)
+		char tls_why[256];
+		unsigned long tls_err = c->tls ? bufferevent_get_openssl_error(bev) : 0;
+		if (tls_err) {
+			ERR_error_string_n(tls_err, tls_why, sizeof(tls_why));
+			why = tls_why; /* a failed handshake, a bad record */
+			if (!c->hello_done)
+				level = LOGL_WARN;
+		} else if (what & BEV_EVENT_ERROR) {
 			why = strerror(EVUTIL_SOCKET_ERROR());
-		else if (what & BEV_EVENT_WRITING)
+		} else if (what & BEV_EVENT_WRITING) {
 			/* sendfile() found the end of a file inside a queued segment: the file was
 			 * cut after we read it, mid-frame, so only closing keeps the peer from
 			 * taking short data for whole */
 			why = "a file shrank while being sent";
-		if (what & BEV_EVENT_WRITING)
+		}
+		if ((what & BEV_EVENT_WRITING) && !tls_err)
 			level = LOGL_ERROR;
 		char m[256];
 		log_write(c->env->log, level, "conn=%s msg=%s in_flight=%u", c->peer,
@@ -1178,7 +1609,7 @@ static void conn_close_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- life cycle ---- */
 
 int conn_new(const struct conn_env *env, struct event_base *base, int fd, const char *peer,
-             void *owner, struct conn **out, struct err *e)
+             unsigned flags, void *owner, struct conn **out, struct err *e)
 {
 	int result = 0;
 	struct conn *c = calloc(1, sizeof(*c));
@@ -1188,6 +1619,8 @@ int conn_new(const struct conn_env *env, struct event_base *base, int fd, const 
 	}
 	c->env = env;
 	c->owner = owner;
+	c->local = (flags & CONN_PEER_LOCAL) != 0;
+	c->tls = (flags & CONN_PEER_TCP) && env->tls;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	TAILQ_INIT(&c->runq);
 	c->high_water = 2 * (size_t)env->max_frame;
@@ -1197,18 +1630,31 @@ int conn_new(const struct conn_env *env, struct event_base *base, int fd, const 
 	c->tab_size = 64;
 	c->tab = calloc(c->tab_size, sizeof(*c->tab));
 	c->chunk = evbuffer_new();
-	c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!c->bev)
-		close(fd);
+	c->hdr = evbuffer_new();
+	if (c->tls) {
+		SSL *ssl = SSL_new(env->tls);
+		c->bev = ssl ? bufferevent_openssl_socket_new(
+		                   base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE)
+		             : NULL;
+		if (c->bev) /* a peer that closes without close_notify has simply gone */
+			bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+		else if (!ssl)
+			close(fd);
+	} else {
+		c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+		if (!c->bev)
+			close(fd);
+	}
 	c->close_ev = event_new(base, -1, 0, conn_close_cb, c);
 	c->wake_ev = event_new(base, -1, 0, conn_wake_cb, c);
-	if (!c->tab || !c->chunk || !c->bev || !c->close_ev || !c->wake_ev) {
+	if (!c->tab || !c->chunk || !c->hdr || !c->bev || !c->close_ev || !c->wake_ev) {
 		result = err_set(e, WIRE_E_INTERNAL, "conn %s: out of memory", peer);
 		goto done;
 	}
 	/* backend reads may add file segments here; they must stay sendfile-able when moved
-	 * to the socket's output */
-	evbuffer_set_flags(c->chunk, EVBUFFER_FLAG_DRAINS_TO_FD);
+	 * to the socket's output (with TLS they are read into memory: the bytes are encrypted) */
+	if (!c->tls)
+		evbuffer_set_flags(c->chunk, EVBUFFER_FLAG_DRAINS_TO_FD);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, c->high_water / 2, 0);
 	bufferevent_set_max_single_read(c->bev, 1 << 20);
@@ -1233,6 +1679,8 @@ done:
 			bufferevent_free(c->bev);
 		if (c->chunk)
 			evbuffer_free(c->chunk);
+		if (c->hdr)
+			evbuffer_free(c->hdr);
 		free(c->tab);
 		free(c);
 	}
@@ -1261,10 +1709,18 @@ void conn_free(struct conn *c)
 	for (uint32_t i = 0; i < c->tab_size; i++)
 		while (c->tab[i])
 			conn_req_free(c, c->tab[i]); /* aborted uploads remove their temp files */
+	if (c->tenant)
+		tenant_conn_leave(c->tenant);
+	tokens_release(c->tokens);
+	if (c->token) {
+		explicit_bzero(c->token, c->token_len);
+		free(c->token);
+	}
 	event_free(c->close_ev);
 	event_free(c->wake_ev);
 	bufferevent_free(c->bev);
 	evbuffer_free(c->chunk);
+	evbuffer_free(c->hdr);
 	free(c->tab);
 	const struct conn_env *env = c->env;
 	void *owner = c->owner;

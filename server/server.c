@@ -24,11 +24,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "cloud.h"
 #include "conn.h"
+#include "crccache.h"
+#include "fetch.h"
 #include "http.h"
 #include "iopool.h"
 #include "log.h"
+#include "metrics.h"
+#include "tls.h"
+#include "tokens.h"
 #include "uri.h"
 
 #define SERVER_BACKLOG 1024
@@ -46,6 +52,7 @@ struct server_listener {
 
 struct worker_item {
 	int fd;
+	unsigned flags; /* CONN_PEER_* */
 	char peer[64];
 };
 
@@ -70,6 +77,8 @@ struct worker {
 	int draining;
 	struct backend_ctx bctx;
 	struct conn_env env;
+	struct fetch_loop fetches; /* cache fills started on this loop */
+	struct metrics *metrics;   /* this thread's counters (it alone writes them) */
 	TAILQ_HEAD(, worker_slot) conns;
 	size_t nconns;
 };
@@ -80,6 +89,14 @@ struct server {
 	struct uri_policy policy;
 	struct cloud cloud;
 	struct iopool *iopool; /* direct:// reads, for every worker */
+	struct crccache *crccache;
+	struct cache *cache;     /* remote objects (--cache-mem); NULL: off */
+	struct metrics *metrics; /* one per worker */
+	struct metrics_http *mhttp;
+	struct tokens_registry tokens;
+	SSL_CTX *tls;         /* --tls-cert: TCP listeners speak TLS */
+	struct event *ev_hup; /* SIGHUP: reload the token file and the log level */
+	atomic_int draining;  /* /readyz */
 	struct event_base *base;
 	struct server_listener *lst;
 	size_t nlst;
@@ -98,10 +115,17 @@ struct server {
 
 /* ---- workers ---- */
 
+/* A draining worker stops once its connections are gone and the cache fills it runs (which
+ * other workers' requests may be waiting on) have ended. */
 static void worker_check_done(struct worker *w)
 {
-	if (w->draining && w->nconns == 0)
+	if (w->draining && w->nconns == 0 && !fetch_loop_busy(&w->fetches))
 		event_base_loopexit(w->base, NULL);
+}
+
+static void worker_fetches_idle(void *arg)
+{
+	worker_check_done(arg);
 }
 
 static void worker_conn_freed(void *owner)
@@ -110,6 +134,7 @@ static void worker_conn_freed(void *owner)
 	struct worker *w = slot->w;
 	TAILQ_REMOVE(&w->conns, slot, link);
 	w->nconns--;
+	metrics_gauge(&w->metrics->connections, -1);
 	free(slot);
 	worker_check_done(w);
 }
@@ -124,7 +149,7 @@ static void worker_adopt(struct worker *w, const struct worker_item *it)
 		return;
 	}
 	slot->w = w;
-	if (conn_new(&w->env, w->base, it->fd, it->peer, slot, &slot->c, &e) < 0) {
+	if (conn_new(&w->env, w->base, it->fd, it->peer, it->flags, slot, &slot->c, &e) < 0) {
 		char m[512];
 		log_write(&w->srv->log, LOGL_ERROR, "conn=%s msg=%s", it->peer,
 		          log_value(m, sizeof(m), e.msg, 1));
@@ -133,6 +158,8 @@ static void worker_adopt(struct worker *w, const struct worker_item *it)
 	}
 	TAILQ_INSERT_TAIL(&w->conns, slot, link);
 	w->nconns++;
+	metrics_add(&w->metrics->connections_total, 1);
+	metrics_gauge(&w->metrics->connections, 1);
 	log_write(&w->srv->log, LOGL_DEBUG, "conn=%s msg=accepted", it->peer);
 }
 
@@ -181,6 +208,7 @@ static void *worker_main(void *arg)
 	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	while (!TAILQ_EMPTY(&w->conns))
 		conn_free(TAILQ_FIRST(&w->conns)->c);
+	fetch_loop_stop(&w->fetches); /* their waiters are gone or on stopping loops */
 	struct server *s = w->srv;
 	pthread_mutex_lock(&s->mu);
 	s->workers_done++;
@@ -212,10 +240,19 @@ static int worker_init(struct server *s, struct worker *w, struct err *e)
 	w->env.max_in_flight = s->cfg->max_in_flight;
 	w->env.idle_timeout = s->cfg->idle_timeout;
 	w->env.on_free = worker_conn_freed;
+	w->env.metrics = w->metrics;
+	w->env.cache = s->cache;
+	w->env.fetches = &w->fetches;
+	w->env.tokens = &s->tokens;
+	w->env.tls = s->tls;
 	w->bctx.iopool = s->iopool;
+	w->bctx.crccache = s->crccache;
 	w->base = event_base_new();
 	if (!w->base)
 		return err_set(e, WIRE_E_INTERNAL, "cannot create an event loop");
+	fetch_loop_init(&w->fetches, w->base, &w->bctx, w->metrics);
+	w->fetches.on_idle = worker_fetches_idle;
+	w->fetches.idle_arg = w;
 	w->wake = event_new(w->base, -1, 0, worker_wake_cb, w);
 	if (!w->wake)
 		return err_set(e, WIRE_E_INTERNAL, "cannot create an event");
@@ -244,6 +281,22 @@ static void worker_destroy(struct worker *w)
 
 /* ---- accepting ---- */
 
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104 */
+static int server_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+		return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return 1;
+		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+	}
+	return 0;
+}
+
 static void server_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
 {
@@ -256,6 +309,7 @@ static void server_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, str
 		/* frames are small headers followed by payload: do not let Nagle hold them */
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		char host[NI_MAXHOST], port[NI_MAXSERV];
+		it.flags = CONN_PEER_TCP | (server_is_loopback(sa) ? CONN_PEER_LOCAL : 0);
 		if (getnameinfo(sa, (socklen_t)salen, host, sizeof(host), port, sizeof(port),
 		                NI_NUMERICHOST | NI_NUMERICSERV) == 0)
 			snprintf(it.peer, sizeof(it.peer),
@@ -263,6 +317,7 @@ static void server_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, str
 		else
 			snprintf(it.peer, sizeof(it.peer), "tcp?");
 	} else {
+		it.flags = CONN_PEER_LOCAL;
 		snprintf(it.peer, sizeof(it.peer), "unix#%lu", ++s->unix_seq);
 	}
 	struct worker *w = &s->workers[s->next_worker];
@@ -490,6 +545,7 @@ static void server_stop(struct server *s, const char *why)
 		return;
 	}
 	s->stopping = 1;
+	atomic_store(&s->draining, 1);
 	log_write(&s->log, LOGL_INFO, "msg=\"stopping (%s): draining for up to %d s\"", why,
 	          s->cfg->drain_timeout);
 	server_close_listeners(s, 1);
@@ -505,6 +561,34 @@ static void server_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	server_stop(arg, sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* SIGHUP: read the token file again (connections switch at their next request) and the
+ * log level of the --config file. A bad file is logged and the old settings stay. */
+static void server_hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	struct server *s = arg;
+	struct err e;
+	char m[WIRE_MAX_MESSAGE + 64];
+	if (s->cfg->token_file) {
+		if (tokens_reload(&s->tokens, &e) < 0)
+			log_write(&s->log, LOGL_ERROR, "msg=%s", log_value(m, sizeof(m), e.msg, 1));
+		else
+			log_write(&s->log, LOGL_INFO, "msg=\"token file reloaded\" tokens=%zu",
+			          s->tokens.cur ? s->tokens.cur->n : (size_t)0);
+	}
+	if (s->cfg->config_file) {
+		int level;
+		if (config_reload_log_level(s->cfg->config_file, &level, &e) < 0) {
+			log_write(&s->log, LOGL_ERROR, "msg=%s", log_value(m, sizeof(m), e.msg, 1));
+		} else if (level >= 0) {
+			atomic_store(&s->log.level, level);
+			log_write(&s->log, LOGL_INFO, "msg=\"log level set\" log_level=%s",
+			          log_level_str(level));
+		}
+	}
 }
 
 static void server_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -549,6 +633,7 @@ int server_new(const struct config *cfg, struct server **out, struct err *e)
 		return err_set(e, WIRE_E_INTERNAL, "out of memory");
 	s->cfg = cfg;
 	s->log.level = cfg->log_level;
+	s->log.json = cfg->log_json;
 	uri_policy_init(&s->policy);
 	pthread_mutex_init(&s->mu, NULL);
 	/* Hold the stop signals from before the first "listening on" line until server_run
@@ -559,6 +644,7 @@ int server_new(const struct config *cfg, struct server **out, struct err *e)
 	sigemptyset(&stop_sigs);
 	sigaddset(&stop_sigs, SIGTERM);
 	sigaddset(&stop_sigs, SIGINT);
+	sigaddset(&stop_sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &stop_sigs, &s->oldmask);
 	if (evthread_use_pthreads() < 0) {
 		result = err_set(e, WIRE_E_INTERNAL, "libevent has no pthreads support");
@@ -581,6 +667,57 @@ int server_new(const struct config *cfg, struct server **out, struct err *e)
 	if (!s->base) {
 		result = err_set(e, WIRE_E_INTERNAL, "cannot create an event loop");
 		goto done;
+	}
+	if (cfg->crc_cache && !(s->crccache = crccache_new(cfg->crc_cache))) {
+		result = err_set(e, WIRE_E_INTERNAL, "cannot allocate the CRC cache (%zu entries)",
+		                 cfg->crc_cache);
+		goto done;
+	}
+	if (cfg->cache_mem) {
+		uint64_t max_object =
+		    cfg->cache_max_object ? cfg->cache_max_object : cfg->cache_mem / 8;
+		s->cache = cache_new(cfg->cache_mem, max_object,
+		                     (int64_t)cfg->cache_validate_ms * 1000000);
+		if (!s->cache) {
+			result = err_set(e, WIRE_E_INTERNAL, "cannot allocate the object cache");
+			goto done;
+		}
+		if (cfg->cache_dir) {
+			result = cache_disk_open(s->cache, cfg->cache_dir, cfg->cache_disk, e);
+			if (result < 0)
+				goto done;
+		}
+	}
+	result = tokens_registry_init(&s->tokens, cfg->token_file, e);
+	if (result < 0)
+		goto done;
+	if (cfg->tls_cert) {
+		result = tls_ctx_new(cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, &s->tls, e);
+		if (result < 0)
+			goto done;
+	}
+	/* the workers' number is known now: the scrape sums one struct metrics per worker */
+	s->nworkers = cfg->threads;
+	if (s->nworkers <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		s->nworkers = n > 0 ? (int)n : 1;
+	}
+	s->metrics = calloc((size_t)s->nworkers, sizeof(*s->metrics));
+	if (!s->metrics) {
+		result = err_set(e, WIRE_E_INTERNAL, "out of memory");
+		goto done;
+	}
+	if (cfg->metrics) {
+		/* before the "listening on" lines: whoever waits for those finds this one too */
+		struct metrics_sources src = {.m = s->metrics,
+		                              .nm = (size_t)s->nworkers,
+		                              .cache = s->cache,
+		                              .crccache = s->crccache,
+		                              .tokens = &s->tokens,
+		                              .draining = &s->draining};
+		result = metrics_http_new(s->base, cfg->metrics, &src, &s->mhttp, e);
+		if (result < 0)
+			goto done;
 	}
 	s->lst = calloc(cfg->nlisten, sizeof(*s->lst));
 	if (!s->lst) {
@@ -615,18 +752,15 @@ int server_run(struct server *s, struct err *e)
 	const struct config *cfg = s->cfg;
 	signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error return, not a death */
 
-	s->nworkers = cfg->threads;
-	if (s->nworkers <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		s->nworkers = n > 0 ? (int)n : 1;
-	}
 	s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
 	s->ev_term = evsignal_new(s->base, SIGTERM, server_signal_cb, s);
 	s->ev_int = evsignal_new(s->base, SIGINT, server_signal_cb, s);
+	s->ev_hup = evsignal_new(s->base, SIGHUP, server_hup_cb, s);
 	s->ev_drain = evtimer_new(s->base, server_drain_timeout_cb, s);
 	s->ev_done = event_new(s->base, -1, 0, server_done_cb, s);
-	if (!s->workers || !s->ev_term || !s->ev_int || !s->ev_drain || !s->ev_done ||
-	    evsignal_add(s->ev_term, NULL) < 0 || evsignal_add(s->ev_int, NULL) < 0) {
+	if (!s->workers || !s->ev_term || !s->ev_int || !s->ev_hup || !s->ev_drain || !s->ev_done ||
+	    evsignal_add(s->ev_term, NULL) < 0 || evsignal_add(s->ev_int, NULL) < 0 ||
+	    evsignal_add(s->ev_hup, NULL) < 0) {
 		result = err_set(e, WIRE_E_INTERNAL, "cannot set up the main event loop");
 		goto done;
 	}
@@ -644,6 +778,7 @@ int server_run(struct server *s, struct err *e)
 	if (result < 0)
 		goto done;
 	for (int i = 0; i < s->nworkers; i++) {
+		s->workers[i].metrics = &s->metrics[i];
 		result = worker_init(s, &s->workers[i], e);
 		if (result < 0)
 			goto done;
@@ -697,10 +832,16 @@ void server_free(struct server *s)
 			worker_destroy(&s->workers[i]);
 		free(s->workers);
 	}
+	metrics_http_free(s->mhttp);
+	free(s->metrics); /* after the workers and the endpoint: nobody counts any more */
+	crccache_free(s->crccache);
+	cache_free(s->cache); /* after the workers: no reply sends from it any more */
 	if (s->ev_term)
 		event_free(s->ev_term);
 	if (s->ev_int)
 		event_free(s->ev_int);
+	if (s->ev_hup)
+		event_free(s->ev_hup);
 	if (s->ev_parent)
 		event_free(s->ev_parent);
 	if (s->ev_drain)
@@ -710,6 +851,8 @@ void server_free(struct server *s)
 	if (s->base)
 		event_base_free(s->base);
 	uri_policy_free(&s->policy);
+	tokens_registry_free(&s->tokens); /* after the workers: no connection holds a table */
+	tls_ctx_free(s->tls);
 	cloud_free(&s->cloud);
 	pthread_mutex_destroy(&s->mu);
 	free(s);

@@ -1,9 +1,12 @@
 /* file.c: the file:// and direct:// backends (local files beneath an --allow root).
  *
- * file:// sends payload with sendfile (one libevent file segment per DATA frame) and
- * computes the CRC32C by pread()ing the same range into the thread's scratch buffer; the
- * pread also tells us, before any DATA header is written, whether the file shrank. We do
- * not mmap: a file truncated while mapped would SIGBUS the whole server.
+ * file:// sends payload above FILE_COPY_MAX with sendfile (one libevent file segment per
+ * DATA frame). The CRC32C of the END frame comes from the server's crccache when the GET
+ * covers a whole file seen before; otherwise the same range is pread() into the thread's
+ * scratch buffer in L2-sized pieces (so the CRC reads cache-hot bytes), and a whole file's
+ * CRC is remembered. Small payloads are copied from that pread instead of sent as a file
+ * segment: a segment costs a dup, a sendfile and their bookkeeping, more than copying 64
+ * KiB. We do not mmap: a file truncated while mapped would SIGBUS the whole server.
  *
  * direct:// GETs never block the loop: each max_frame chunk is read with O_DIRECT on an
  * iopool thread into a 4096-aligned buffer covering an aligned superset of the chunk, and
@@ -14,6 +17,7 @@
  * Uploads (either scheme) go to a temporary file beside the target, which is fsynced and
  * renamed over it only once every byte arrived and matched. */
 #include "backend.h"
+#include "crccache.h"
 #include "iopool.h"
 
 #include <dirent.h>
@@ -27,15 +31,24 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FILE_DIRECT_ALIGN 4096u
 #define FILE_DIRECT_DEPTH 2 /* chunk reads per direct:// GET in the pool or waiting */
 #define FILE_LIST_MAX_DEPTH 128
+#define FILE_COPY_MAX (64u * 1024)    /* payloads up to this are copied, not sendfile'd */
+#define FILE_CRC_PIECE (256u * 1024)  /* pread + CRC step: stays in L2 */
 
 struct backend_reader {
 	int fd;
 	char *uri; /* for messages */
+	struct crccache *crccache;
+	struct crccache_key key; /* the file as opened */
+	uint64_t crc_next;       /* bytes [0, crc_next) were read in order with their CRC ... */
+	uint32_t crc_run;        /* ... which is this */
+	int crc_known;           /* the cache had the whole file's CRC at open */
+	uint32_t crc_whole;
 };
 
 struct backend_writer {
@@ -127,6 +140,12 @@ static int file_open_common(struct backend_ctx *ctx, const struct uri *u, int di
 	file_info(&st, info);
 	r->fd = fd;
 	fd = -1;
+	/* small files are read whole anyway (FILE_COPY_MAX): their CRC costs nothing extra */
+	if (!direct && (uint64_t)st.st_size > FILE_COPY_MAX) {
+		r->crccache = ctx->crccache;
+		crccache_key_of(&st, &r->key);
+		r->crc_known = crccache_get(r->crccache, &r->key, &r->crc_whole);
+	}
 	*rp = r;
 	r = NULL;
 done:
@@ -162,6 +181,49 @@ static ssize_t file_pread_full(int fd, uint8_t *buf, size_t n, uint64_t off)
 	return (ssize_t)got;
 }
 
+/* Continue the in-order CRC of the reader over bytes [off, off + n), which are at p; a
+ * whole file's CRC goes to the cache once the file has been read to its end. */
+static void file_crc_track(struct backend_reader *r, uint64_t off, const uint8_t *p, size_t n)
+{
+	if (!r->crccache || r->crc_known || off != r->crc_next)
+		return;
+	r->crc_run = wire_crc32c(r->crc_run, p, n);
+	r->crc_next += n;
+	if (r->crc_next != r->key.size)
+		return;
+	/* the file must still be the one we opened: its key is what the CRC is stored under */
+	struct stat st;
+	struct crccache_key now;
+	struct timespec ts;
+	if (fstat(r->fd, &st) < 0 || clock_gettime(CLOCK_REALTIME, &ts) < 0)
+		return;
+	crccache_key_of(&st, &now);
+	if (memcmp(&now, &r->key, sizeof(now)) == 0)
+		crccache_put(r->crccache, &r->key, r->crc_run,
+		             (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+}
+
+/* pread [off, off + n) into the scratch buffer, FILE_CRC_PIECE at a time, continuing *crc
+ * (when not NULL) and the reader's own whole-file CRC. Up to FILE_COPY_MAX (one piece) the
+ * bytes are left in scratch for the caller. */
+static int file_pread_crc(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off,
+                          size_t n, uint32_t *crc, struct err *e)
+{
+	for (size_t done = 0; done < n;) {
+		size_t take = n - done < FILE_CRC_PIECE ? n - done : FILE_CRC_PIECE;
+		ssize_t got = file_pread_full(r->fd, ctx->scratch, take, off + done);
+		if (got < 0)
+			return err_errno(e, r->uri, errno);
+		if ((size_t)got < take)
+			return err_set(e, WIRE_E_IO, "%s: file shrank during read", r->uri);
+		if (crc)
+			*crc = wire_crc32c(*crc, ctx->scratch, take);
+		file_crc_track(r, off + done, ctx->scratch, take);
+		done += take;
+	}
+	return 0;
+}
+
 static int file_read_sendfile(struct backend_reader *r, struct backend_ctx *ctx, uint64_t off,
                               size_t n, struct evbuffer *out, uint32_t *crc, struct err *e)
 {
@@ -173,11 +235,20 @@ static int file_read_sendfile(struct backend_reader *r, struct backend_ctx *ctx,
 		               r->uri, n);
 	if (!ctx->scratch && !(ctx->scratch = malloc(ctx->max_frame)))
 		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
-	ssize_t got = file_pread_full(r->fd, ctx->scratch, n, off);
-	if (got < 0)
-		return err_errno(e, r->uri, errno);
-	if ((size_t)got < n)
-		return err_set(e, WIRE_E_IO, "%s: file shrank during read", r->uri);
+	if (n <= FILE_COPY_MAX) {
+		result = file_pread_crc(r, ctx, off, n, crc, e);
+		if (result == 0 && evbuffer_add(out, ctx->scratch, n) < 0)
+			result = err_set(e, WIRE_E_INTERNAL, "%s: out of memory", r->uri);
+		return result;
+	}
+	/* Without a CRC to compute the pread is skipped; a file that shrinks after the open
+	 * then ends the sendfile early, which closes the connection (the client fails the
+	 * request): never a short object reported whole. */
+	if (crc || !r->crc_known) {
+		result = file_pread_crc(r, ctx, off, n, crc, e);
+		if (result < 0)
+			return result;
+	}
 	/* each segment owns a duplicate descriptor: the request may end (and close its fd)
 	 * while segments still wait in the socket buffer */
 	segfd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
@@ -193,11 +264,8 @@ static int file_read_sendfile(struct backend_reader *r, struct backend_ctx *ctx,
 		goto done;
 	}
 	segfd = -1; /* the segment closes it */
-	if (evbuffer_add_file_segment(out, seg, 0, (ev_off_t)n) < 0) {
+	if (evbuffer_add_file_segment(out, seg, 0, (ev_off_t)n) < 0)
 		result = err_set(e, WIRE_E_INTERNAL, "%s: cannot queue a file segment", r->uri);
-		goto done;
-	}
-	*crc = wire_crc32c(*crc, ctx->scratch, n);
 done:
 	if (seg)
 		evbuffer_file_segment_free(seg); /* the buffer holds its own reference */
@@ -210,6 +278,14 @@ static int file_read(struct backend_reader *r, struct backend_ctx *ctx, uint64_t
                      struct evbuffer *out, uint32_t *crc, struct err *e)
 {
 	return file_read_sendfile(r, ctx, off, n, out, crc, e);
+}
+
+static int file_whole_crc(struct backend_reader *r, uint32_t *crc)
+{
+	if (!r->crc_known)
+		return 0;
+	*crc = r->crc_whole;
+	return 1;
 }
 
 static void file_close_read(struct backend_reader *r)
@@ -825,6 +901,7 @@ const struct backend_ops backend_file_ops = {
     .stat = file_stat,
     .open_read = file_open_read,
     .read = file_read,
+    .whole_crc = file_whole_crc,
     .close_read = file_close_read,
     .list = file_list,
     .remove = file_remove,

@@ -674,3 +674,57 @@ def sha256(buf):
     import hashlib
 
     return hashlib.sha256(buf).hexdigest()
+
+
+# ---- metrics endpoint (--metrics) ----
+PREFETCH = 8
+_METRICS_RE = re.compile(r"s3dliod: metrics on (http://\S+)")
+
+
+def metrics_url(srv):
+    """The http://HOST:PORT a server started with --metrics printed (before listening)."""
+    for line in srv.log:
+        m = _METRICS_RE.search(line)
+        if m:
+            return m.group(1)
+    raise AssertionError("no 'metrics on' line in the server's stderr:\n" + srv.stderr_tail())
+
+
+def http_get(url, timeout=IO_TIMEOUT):
+    """(status, body text) of a plain GET (urllib; non-2xx answers too)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+_SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
+
+
+def parse_metrics(text):
+    """Prometheus text to {(name, frozenset of (label, value))): float}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if not m:
+            raise AssertionError(f"not a Prometheus sample line: {line!r}")
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def scrape(srv):
+    """The server's /metrics, parsed (see parse_metrics)."""
+    status, body = http_get(metrics_url(srv) + "/metrics")
+    assert status == 200, (status, body)
+    return parse_metrics(body)
+
+
+def metric(samples, name, **labels):
+    """One sample's value (0 when the server did not print it)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
