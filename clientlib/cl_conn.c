@@ -45,7 +45,7 @@ int cl_conn_parse_url(s3dlio_client *c, const char *url, s3dlio_error *err)
 		c->path = strdup(p);
 		return c->path ? 0 : S3DLIO_E_NOMEM;
 	}
-	if (strncmp(url, "tcp://", 6) == 0) {
+	if (strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tls://", 6) == 0) {
 		const char *h = url + 6, *hend, *colon;
 		if (*h == '[') {
 			hend = strchr(h, ']');
@@ -68,11 +68,12 @@ int cl_conn_parse_url(s3dlio_client *c, const char *url, s3dlio_error *err)
 		c->port = strdup(port);
 		return c->host && c->port ? 0 : S3DLIO_E_NOMEM;
 	bad_tcp:
-		cl_err(err, S3DLIO_E_INVALID, "%s: expected tcp://HOST:PORT", url);
+		cl_err(err, S3DLIO_E_INVALID, "%s: expected %.6sHOST:PORT", url, url);
 		return S3DLIO_E_INVALID;
 	}
 	cl_err(err, S3DLIO_E_INVALID,
-	       "%s: unknown server URL scheme (tcp://HOST:PORT or unix:///PATH)", url);
+	       "%s: unknown server URL scheme (tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)",
+	       url);
 	return S3DLIO_E_INVALID;
 }
 
@@ -202,10 +203,11 @@ static int open_socket(s3dlio_client *c, uint64_t deadline, int *out, s3dlio_err
 }
 
 /* Send all of buf before the deadline. Returns 0 or an errno value. */
-static int send_all(int fd, const uint8_t *buf, size_t len, uint64_t deadline)
+static int send_all(struct cl_conn *cn, const uint8_t *buf, size_t len, uint64_t deadline)
 {
 	while (len) {
-		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		struct iovec iov = {(void *)buf, len};
+		ssize_t n = cl_conn_sendv(cn, &iov, 1);
 		if (n > 0) {
 			buf += n;
 			len -= (size_t)n;
@@ -215,7 +217,7 @@ static int send_all(int fd, const uint8_t *buf, size_t len, uint64_t deadline)
 			continue;
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 			return errno;
-		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		struct pollfd p = {.fd = cn->fd, .events = POLLOUT};
 		int left = ms_left(deadline);
 		if (!left || poll(&p, 1, left) == 0)
 			return ETIMEDOUT;
@@ -244,7 +246,7 @@ static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, ui
 		       c->url, wire_result_str(r));
 		return S3DLIO_E_INVALID;
 	}
-	int e = send_all(cn->fd, hello, len, deadline);
+	int e = send_all(cn, hello, len, deadline);
 	if (e) {
 		int code = e == ETIMEDOUT ? S3DLIO_E_TIMEOUT : S3DLIO_E_CONNECTION;
 		cl_err(err, code, "cannot connect to %s: sending HELLO: %s", c->url, strerror(e));
@@ -263,24 +265,28 @@ static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, ui
 			       wire_result_str(r));
 			return S3DLIO_E_PROTOCOL;
 		}
-		ssize_t n = recv(cn->fd, cn->stage + cn->stage_len, CL_STAGE_SIZE - cn->stage_len,
-		                 MSG_DONTWAIT);
+		struct iovec iov = {cn->stage + cn->stage_len, CL_STAGE_SIZE - cn->stage_len};
+		ssize_t n = cl_conn_readv(cn, &iov, 1);
 		if (n > 0) {
 			cn->stage_len += (size_t)n;
 			continue;
 		}
+		/* a TLS server drops a plain HELLO: say what may be wrong */
+		const char *hint = c->tls || c->is_unix
+		                       ? ""
+		                       : " (if the server speaks TLS: use tls://HOST:PORT, or set "
+		                         "S3DLIO_CA_BUNDLE)";
 		if (n == 0) {
-			cl_err(
-			    err, S3DLIO_E_CONNECTION,
-			    "cannot connect to %s: the server closed the connection during HELLO",
-			    c->url);
+			cl_err(err, S3DLIO_E_CONNECTION,
+			       "cannot connect to %s: the server closed the connection during HELLO%s",
+			       c->url, hint);
 			return S3DLIO_E_CONNECTION;
 		}
 		if (errno == EINTR)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			cl_err(err, S3DLIO_E_CONNECTION, "cannot connect to %s: %s", c->url,
-			       strerror(errno));
+			cl_err(err, S3DLIO_E_CONNECTION, "cannot connect to %s: %s%s", c->url,
+			       strerror(errno), errno == ECONNRESET ? hint : "");
 			return S3DLIO_E_CONNECTION;
 		}
 		struct pollfd p = {.fd = cn->fd, .events = POLLIN};
@@ -343,6 +349,11 @@ int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err)
 		result = open_socket(c, deadline, &cn->fd, err);
 		if (result)
 			goto done;
+		if (c->tls) {
+			result = cl_tls_connect(c, cn, deadline, err);
+			if (result)
+				goto done;
+		}
 		result = handshake(c, cn, deadline, &retry_ms, err);
 		if (result != S3DLIO_E_BUSY)
 			break;
@@ -350,6 +361,7 @@ int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err)
 		int left = ms_left(deadline);
 		if ((uint64_t)left <= retry_ms)
 			goto done;
+		cl_tls_close(cn);
 		close(cn->fd);
 		cn->fd = -1;
 		cn->stage_off = cn->stage_len = 0;
@@ -370,6 +382,7 @@ void cl_conn_close(struct cl_conn *cn)
 {
 	if (!cn)
 		return;
+	cl_tls_close(cn);
 	if (cn->fd >= 0)
 		close(cn->fd);
 	free(cn->stage);
@@ -385,6 +398,9 @@ int cl_conn_idle_ok(struct cl_conn *cn)
 	do
 		r = poll(&p, 1, 0);
 	while (r < 0 && errno == EINTR);
-	/* readable while idle means EOF, an error, or bytes nobody asked for: all unusable */
+	/* readable while idle means EOF, an error, or bytes nobody asked for: all unusable;
+	 * except, with TLS, records that carry no data (session tickets) */
+	if (r > 0 && cn->ssl && !(p.revents & (POLLERR | POLLHUP)))
+		return cl_tls_idle_ok(cn);
 	return r == 0;
 }

@@ -324,11 +324,7 @@ static void ec_flush(struct eng *e, struct eng_conn *ec)
 			iov[k++] = (struct iovec){ec->out + ec->out_off, ec->out_len - ec->out_off};
 		if (ec->pay_rem)
 			iov[k++] = (struct iovec){(void *)ec->pay, ec->pay_rem};
-		struct msghdr m;
-		memset(&m, 0, sizeof(m));
-		m.msg_iov = iov;
-		m.msg_iovlen = (size_t)k;
-		ssize_t n = sendmsg(ec->cn->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = cl_conn_sendv(ec->cn, iov, k);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -374,6 +370,7 @@ static void op_send(struct eng *e, struct eng_conn *ec, struct cl_op *op)
 		f.length = op->length;
 		break;
 	case CL_STAT: wire_frame_init(&f, WIRE_STAT, id); break;
+	case CL_PREFETCH: wire_frame_init(&f, WIRE_PREFETCH, id); break;
 	case CL_LIST:
 		wire_frame_init(&f, WIRE_LIST, id);
 		f.flags = op->recursive ? WIRE_LIST_RECURSIVE : 0;
@@ -758,6 +755,9 @@ static void on_end(struct eng *e, struct cl_op *op, const struct wire_frame *f)
 			return;
 		}
 		break;
+	case CL_PREFETCH:
+		op->size = f->size; /* the object's size once cached; 0: the server does not cache it */
+		break;
 	case CL_PUT:
 		if (f->size != op->src_size) {
 			op_finish(e, op, S3DLIO_E_CHECKSUM,
@@ -949,7 +949,7 @@ static void ec_read(struct eng *e, struct eng_conn *ec)
 				room = cn->rd_hint;
 			iov[k++] = (struct iovec){cn->stage + cn->stage_len, room};
 		}
-		ssize_t n = readv(cn->fd, iov, k);
+		ssize_t n = cl_conn_readv(cn, iov, k);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1164,7 +1164,11 @@ void cl_engine_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_i
 		int timeout = poll_timeout(e);
 		if (!k && timeout < 0)
 			break; /* nothing can make progress (cannot happen: guarded above) */
-		int r = poll(pfd, k, timeout);
+		/* TLS may hold decrypted bytes that poll() cannot see: do not sleep on them */
+		int pending = 0;
+		for (nfds_t i = 0; i < k; i++)
+			pending |= cl_conn_pending(pec[i]->cn);
+		int r = poll(pfd, k, pending ? 0 : timeout);
 		if (r < 0 && errno != EINTR) {
 			int saved = errno;
 			for (nfds_t i = 0; i < k; i++)
@@ -1174,8 +1178,10 @@ void cl_engine_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_i
 			continue;
 		}
 		e->now = cl_now_ms();
-		for (nfds_t i = 0; r > 0 && i < k; i++) {
+		for (nfds_t i = 0; (r > 0 || pending) && i < k; i++) {
 			struct eng_conn *ec = pec[i];
+			if (ec->cn && cl_conn_pending(ec->cn))
+				pfd[i].revents |= POLLIN;
 			if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
 				ec_read(e, ec);
 			if (ec->cn && (pfd[i].revents & POLLOUT))

@@ -5,6 +5,7 @@
  *   cl_pool.c    cl_pool_*: the client's connections, checked out exclusively by a call
  *   cl_engine.c  cl_engine_run: drives a call's requests over its connections
  *   cl_route.c   cl_route_*: several servers behind one client (rendezvous hashing, failover)
+ *   cl_tls.c     cl_tls_*: TLS (OpenSSL), and a connection's byte I/O, plain or TLS
  *
  * Every internal symbol starts with cl_: unit tests link this library together with the
  * server's core, whose modules have their own prefixes (conn_*, ...). */
@@ -20,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #define CL_AGENT "libs3dlio/0.1.0"
 #define CL_STAGE_SIZE (64u << 10) /* per-connection staging buffer for frame headers */
@@ -47,8 +49,12 @@ struct cl_stats {
 
 /* One connection to the server. Between calls it sits idle in the pool at a frame boundary
  * (no bytes of a reply pending); during a call it belongs to that call alone. */
+struct ssl_st;
+struct ssl_ctx_st;
+
 struct cl_conn {
 	int fd;
+	struct ssl_st *ssl; /* TLS session, or NULL for a plain socket */
 	uint32_t max_frame;     /* from WELCOME: largest DATA payload either side sends */
 	uint32_t max_in_flight; /* from WELCOME: requests in flight before BUSY (0: no limit) */
 	int reused;             /* checked out from the idle list (not opened for this call) */
@@ -69,6 +75,9 @@ struct s3dlio_client {
 	char *host; /* tcp */
 	char *port; /* tcp */
 	char *path; /* unix */
+	int tls;                     /* tls://, or tcp:// with S3DLIO_TLS / S3DLIO_CA_BUNDLE */
+	struct ssl_ctx_st *tls_ctx;  /* when tls */
+	char *tls_name;              /* the name the certificate must carry, if not host */
 
 	unsigned max_conns;
 	unsigned connect_timeout_ms;
@@ -111,13 +120,14 @@ s3dlio_client *cl_client_new_one(const char *url, const s3dlio_options *opts, in
 struct cl_member;
 struct cl_op;
 /* Split a server URL list (commas) into single-server URLs, expanding a DNS name with
- * several addresses; free with cl_route_free_list. */
-int cl_route_split(const char *url, char ***out, size_t *n, s3dlio_error *err);
-void cl_route_free_list(char **v, size_t n);
+ * several addresses (names[i]: that name, for TLS verification; else NULL); free with
+ * cl_route_free_list. */
+int cl_route_split(const char *url, char ***out, char ***names, size_t *n, s3dlio_error *err);
+void cl_route_free_list(char **v, char **names, size_t n);
 /* Make c's members from urls (n >= 2), connecting to each once; fails only when none
  * answers, or an entry is malformed. */
-int cl_route_init(s3dlio_client *c, char **urls, size_t n, const s3dlio_options *opts,
-                  s3dlio_error *err);
+int cl_route_init(s3dlio_client *c, char **urls, char **names, size_t n,
+                  const s3dlio_options *opts, s3dlio_error *err);
 void cl_route_destroy(s3dlio_client *c);
 /* Add the members' counters to *out. */
 void cl_route_stats(s3dlio_client *c, s3dlio_stats *out);
@@ -138,6 +148,22 @@ void cl_conn_close(struct cl_conn *cn);
 /* 1 when an idle connection still looks usable: the peer has not closed it, nor sent bytes. */
 int cl_conn_idle_ok(struct cl_conn *cn);
 
+/* ---- cl_tls.c ---- */
+/* Whether url asks for TLS (scheme, environment): *tls 0 or 1. */
+int cl_tls_wanted(const char *url, int *tls);
+int cl_tls_ctx_new(s3dlio_client *c, s3dlio_error *err);
+void cl_tls_ctx_free(s3dlio_client *c);
+/* The TLS handshake on cn's connected socket, verifying the server, before deadline. */
+int cl_tls_connect(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, s3dlio_error *err);
+void cl_tls_close(struct cl_conn *cn);
+int cl_tls_idle_ok(struct cl_conn *cn);
+/* readv / sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT) on the connection, through TLS if it has it:
+ * the same return values and errno. */
+ssize_t cl_conn_readv(struct cl_conn *cn, const struct iovec *iov, int k);
+ssize_t cl_conn_sendv(struct cl_conn *cn, const struct iovec *iov, int k);
+/* 1 when TLS holds decrypted bytes not yet read (poll() will not report them). */
+int cl_conn_pending(struct cl_conn *cn);
+
 /* ---- cl_pool.c ---- */
 #define CL_POOL_NONE_FREE 1 /* cl_pool_checkout without waiting: every connection is taken */
 int cl_pool_init(s3dlio_client *c);
@@ -148,7 +174,7 @@ void cl_pool_discard(s3dlio_client *c, struct cl_conn *cn);
 void cl_pool_destroy(s3dlio_client *c);
 
 /* ---- cl_engine.c ---- */
-enum cl_kind { CL_GET, CL_STAT, CL_LIST, CL_PUT, CL_DELETE };
+enum cl_kind { CL_GET, CL_STAT, CL_LIST, CL_PUT, CL_DELETE, CL_PREFETCH };
 
 /* One request of a call. Inputs are set by client.c, the engine fills the outputs. */
 struct cl_op {

@@ -69,14 +69,21 @@ uint64_t cl_route_score(uint64_t member_hash, const char *uri, size_t uri_len)
 
 /* ---- the URL list ---- */
 
-static void route_free_list(char **v, size_t n)
+static void route_free_list(char **v, char **names, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		free(v[i]);
+		if (names)
+			free(names[i]);
+	}
 	free(v);
+	free(names);
 }
 
-static int route_push(char ***v, size_t *n, char *s, s3dlio_error *err)
+/* Append url (taken over) with the certificate name it must be verified as (copied; NULL:
+ * its own host). */
+static int route_push(char ***v, char ***names, size_t *n, char *s, const char *name,
+                      s3dlio_error *err)
 {
 	if (!s) {
 		cl_err(err, S3DLIO_E_NOMEM, "out of memory");
@@ -94,20 +101,28 @@ static int route_push(char ***v, size_t *n, char *s, s3dlio_error *err)
 		return S3DLIO_E_INVALID;
 	}
 	char **nv = realloc(*v, (*n + 1) * sizeof(*nv));
-	if (!nv) {
+	if (nv)
+		*v = nv;
+	char **nn = realloc(*names, (*n + 1) * sizeof(*nn));
+	if (nn)
+		*names = nn;
+	char *nm = name ? strdup(name) : NULL;
+	if (!nv || !nn || (name && !nm)) {
 		free(s);
+		free(nm);
 		cl_err(err, S3DLIO_E_NOMEM, "out of memory");
 		return S3DLIO_E_NOMEM;
 	}
-	nv[(*n)++] = s;
-	*v = nv;
+	nv[*n] = s;
+	nn[(*n)++] = nm;
 	return 0;
 }
 
 /* The addresses of a tcp:// entry's host, when it has several of its preferred family
  * (getaddrinfo's first answer): one member each. Otherwise the entry stays as written.
  * "localhost" and literal addresses stay as written: one server, however many addresses. */
-static int route_expand_dns(const char *entry, char ***v, size_t *n, s3dlio_error *err)
+static int route_expand_dns(const char *entry, char ***v, char ***names, size_t *n,
+                            s3dlio_error *err)
 {
 	s3dlio_client tmp;
 	memset(&tmp, 0, sizeof(tmp));
@@ -145,16 +160,18 @@ static int route_expand_dns(const char *entry, char ***v, size_t *n, s3dlio_erro
 			addr = &((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
 		if (!inet_ntop(ai->ai_family, addr, host, sizeof(host)))
 			continue;
-		result = route_push(v, n, cl_strdup_printf(ai->ai_family == AF_INET6 ? "tcp://[%s]:%s"
-		                                                                     : "tcp://%s:%s",
-		                                           host, tmp.port),
-		                    err);
+		/* same scheme; a TLS member is verified as the name, not the address */
+		result = route_push(v, names, n,
+		                    cl_strdup_printf(ai->ai_family == AF_INET6 ? "%.6s[%s]:%s"
+		                                                               : "%.6s%s:%s",
+		                                     entry, host, tmp.port),
+		                    tmp.host, err);
 	}
 	if (!result && *n == before)
 		goto as_written;
 	goto done;
 as_written:
-	result = route_push(v, n, strdup(entry), err);
+	result = route_push(v, names, n, strdup(entry), NULL, err);
 done:
 	if (res)
 		freeaddrinfo(res);
@@ -164,12 +181,14 @@ done:
 	return result;
 }
 
-int cl_route_split(const char *url, char ***out, size_t *nout, s3dlio_error *err)
+int cl_route_split(const char *url, char ***out, char ***out_names, size_t *nout,
+                   s3dlio_error *err)
 {
-	char **v = NULL;
+	char **v = NULL, **names = NULL;
 	size_t n = 0;
 	int result = 0;
 	*out = NULL;
+	*out_names = NULL;
 	*nout = 0;
 	if (!url || !*url) {
 		cl_err(err, S3DLIO_E_INVALID,
@@ -199,30 +218,31 @@ int cl_route_split(const char *url, char ***out, size_t *nout, s3dlio_error *err
 			result = S3DLIO_E_NOMEM;
 			break;
 		}
-		result = route_expand_dns(entry, &v, &n, err);
+		result = route_expand_dns(entry, &v, &names, &n, err);
 		free(entry);
 		if (!end)
 			break;
 		p = end + 1;
 	}
 	if (result) {
-		route_free_list(v, n);
+		route_free_list(v, names, n);
 		return result;
 	}
 	*out = v;
+	*out_names = names;
 	*nout = n;
 	return 0;
 }
 
-void cl_route_free_list(char **v, size_t n)
+void cl_route_free_list(char **v, char **names, size_t n)
 {
-	route_free_list(v, n);
+	route_free_list(v, names, n);
 }
 
 /* ---- members ---- */
 
-int cl_route_init(s3dlio_client *c, char **urls, size_t n, const s3dlio_options *opts,
-                  s3dlio_error *err)
+int cl_route_init(s3dlio_client *c, char **urls, char **names, size_t n,
+                  const s3dlio_options *opts, s3dlio_error *err)
 {
 	char causes[sizeof(err->message)] = "";
 	size_t clen = 0;
@@ -239,6 +259,10 @@ int cl_route_init(s3dlio_client *c, char **urls, size_t n, const s3dlio_options 
 			return err->code; /* a malformed entry: the list is wrong, not a server */
 		c->nmembers++;
 		m->hash = route_hash(urls[i], strlen(urls[i]));
+		if (names[i] && !(m->c->tls_name = strdup(names[i]))) {
+			cl_err(err, S3DLIO_E_NOMEM, "out of memory");
+			return S3DLIO_E_NOMEM;
+		}
 	}
 	/* connect to each once: the ones not there now are avoided, not fatal */
 	for (unsigned i = 0; i < c->nmembers; i++) {

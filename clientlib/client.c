@@ -119,6 +119,8 @@ static void client_free_fields(s3dlio_client *c)
 	free(c->host);
 	free(c->port);
 	free(c->path);
+	free(c->tls_name);
+	cl_tls_ctx_free(c);
 	if (c->token) {
 		memset(c->token, 0, strlen(c->token));
 		free(c->token);
@@ -147,6 +149,9 @@ static int client_set_options(s3dlio_client *c, const char *url, const s3dlio_op
 			return S3DLIO_E_NOMEM;
 		}
 	}
+	cl_tls_wanted(url, &c->tls);
+	if (c->tls && !c->is_unix && cl_tls_ctx_new(c, err))
+		return err->code;
 	atomic_init(&c->stats.requests, 0);
 	atomic_init(&c->stats.errors, 0);
 	atomic_init(&c->stats.bytes_received, 0);
@@ -192,12 +197,12 @@ s3dlio_client *cl_client_new_one(const char *url, const s3dlio_options *opts, in
 S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_options *opts,
                                             s3dlio_error *err)
 {
-	char **urls = NULL;
+	char **urls = NULL, **names = NULL;
 	size_t n = 0;
 	s3dlio_client *c = NULL;
-	if (cl_route_split(url, &urls, &n, err))
+	if (cl_route_split(url, &urls, &names, &n, err))
 		return NULL;
-	if (n == 1) {
+	if (n == 1 && !names[0]) {
 		c = cl_client_new_one(urls[0], opts, 1, err);
 		goto done;
 	}
@@ -214,12 +219,12 @@ S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_option
 		c = NULL;
 		goto done;
 	}
-	if (cl_route_init(c, urls, n, opts, err)) {
+	if (cl_route_init(c, urls, names, n, opts, err)) {
 		s3dlio_client_free(c);
 		c = NULL;
 	}
 done:
-	cl_route_free_list(urls, n);
+	cl_route_free_list(urls, names, n);
 	return c;
 }
 
@@ -365,39 +370,31 @@ S3DLIO_API int s3dlio_get_into(s3dlio_client *c, const char *uri, uint64_t offse
 	return r;
 }
 
-S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
-                               unsigned max_in_flight, s3dlio_alloc_fn alloc,
-                               s3dlio_release_fn release, void *ctx, s3dlio_error *err)
+/* The ops for a many-request call (*ops NULL, and 0, when n is 0), or an error code. */
+static int requests_start(s3dlio_client *c, s3dlio_request *reqs, size_t n, const char *what,
+                          struct cl_op **ops, s3dlio_error *err)
 {
 	if (err) {
 		err->code = S3DLIO_OK;
 		err->message[0] = '\0';
 	}
+	*ops = NULL;
 	if (!n)
 		return S3DLIO_OK;
 	if (!c || !reqs) {
-		cl_err(err, S3DLIO_E_INVALID, "get_many: no client or no requests");
+		cl_err(err, S3DLIO_E_INVALID, "%s: no client or no requests", what);
 		return S3DLIO_E_INVALID;
 	}
-	struct cl_op *ops = calloc(n, sizeof(*ops));
-	if (!ops) {
-		cl_err(err, S3DLIO_E_NOMEM, "get_many: out of memory for %zu requests", n);
+	if (!(*ops = calloc(n, sizeof(**ops)))) {
+		cl_err(err, S3DLIO_E_NOMEM, "%s: out of memory for %zu requests", what, n);
 		return S3DLIO_E_NOMEM;
 	}
-	if (!alloc) {
-		alloc = default_alloc;
-		release = default_release;
-	}
-	for (size_t i = 0; i < n; i++) {
-		op_init(&ops[i], CL_GET, reqs[i].uri);
-		ops[i].index = i;
-		ops[i].offset = reqs[i].offset;
-		ops[i].length = reqs[i].length;
-		ops[i].use_buf = reqs[i].buf != NULL;
-		ops[i].buf = reqs[i].buf;
-		ops[i].buf_cap = reqs[i].buf_cap;
-	}
-	client_run(c, ops, n, max_in_flight, alloc, release, ctx);
+	return S3DLIO_OK;
+}
+
+/* Move the outcome of ops (then freed) into reqs: the code of the first failure, or OK. */
+static int requests_collect(s3dlio_request *reqs, struct cl_op *ops, size_t n, s3dlio_error *err)
+{
 	int result = S3DLIO_OK;
 	for (size_t i = 0; i < n; i++) {
 		s3dlio_request *rq = &reqs[i];
@@ -413,6 +410,46 @@ S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
 	}
 	free(ops);
 	return result;
+}
+
+S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
+                               unsigned max_in_flight, s3dlio_alloc_fn alloc,
+                               s3dlio_release_fn release, void *ctx, s3dlio_error *err)
+{
+	struct cl_op *ops = NULL;
+	int r = requests_start(c, reqs, n, "get_many", &ops, err);
+	if (r || !ops)
+		return r;
+	if (!alloc) {
+		alloc = default_alloc;
+		release = default_release;
+	}
+	for (size_t i = 0; i < n; i++) {
+		op_init(&ops[i], CL_GET, reqs[i].uri);
+		ops[i].index = i;
+		ops[i].offset = reqs[i].offset;
+		ops[i].length = reqs[i].length;
+		ops[i].use_buf = reqs[i].buf != NULL;
+		ops[i].buf = reqs[i].buf;
+		ops[i].buf_cap = reqs[i].buf_cap;
+	}
+	client_run(c, ops, n, max_in_flight, alloc, release, ctx);
+	return requests_collect(reqs, ops, n, err);
+}
+
+S3DLIO_API int s3dlio_prefetch_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
+                                    unsigned max_in_flight, s3dlio_error *err)
+{
+	struct cl_op *ops = NULL;
+	int r = requests_start(c, reqs, n, "prefetch", &ops, err);
+	if (r || !ops)
+		return r;
+	for (size_t i = 0; i < n; i++) {
+		op_init(&ops[i], CL_PREFETCH, reqs[i].uri);
+		ops[i].index = i;
+	}
+	client_run(c, ops, n, max_in_flight, NULL, NULL, NULL);
+	return requests_collect(reqs, ops, n, err);
 }
 
 S3DLIO_API void s3dlio_requests_clear(s3dlio_request *reqs, size_t n)

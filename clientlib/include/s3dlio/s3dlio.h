@@ -142,6 +142,13 @@ S3DLIO_API int s3dlio_get_into(s3dlio_client *c, const char *uri, uint64_t offse
 S3DLIO_API int s3dlio_get_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
 			       unsigned max_in_flight, s3dlio_alloc_fn alloc,
 			       s3dlio_release_fn release, void *ctx, s3dlio_error *err);
+/* Warm the server's object cache for a coming read of reqs[i].uri (the other inputs are
+ * ignored). Each request ends once its object is in the cache (a fetch already running for it
+ * is shared), with size = the object's size, or at once with size 0 when the server does not
+ * cache that URI (a local file, or no --cache-mem). Nothing is sent back but the status.
+ * Returns like s3dlio_get_many. */
+S3DLIO_API int s3dlio_prefetch_many(s3dlio_client *c, s3dlio_request *reqs, size_t n,
+				    unsigned max_in_flight, s3dlio_error *err);
 /* Free the error strings of a request array. */
 S3DLIO_API void s3dlio_requests_clear(s3dlio_request *reqs, size_t n);
 
