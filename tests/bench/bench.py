@@ -590,6 +590,7 @@ class Bench:
         self.procs = []
         self.sweep = {}
         self.lists = {}
+        self.cache = None  # S6 (bench_cache.CacheBench)
         self.t_start = time.monotonic()
 
     # ---- lists and workers ----
@@ -878,6 +879,12 @@ class Bench:
                 row["status"] = "unavailable: %s" % e
                 log("S5 %s: unavailable: %s" % (label, e))
 
+    def s6_cache(self):
+        """Remote objects through the server's cache: bench_cache.py."""
+        import bench_cache
+        self.cache = bench_cache.CacheBench(self, sys.modules[__name__])
+        self.cache.run()
+
     def w_mem_cmd(self, kind, op, transport, items):
         cfg = self.cfg
         if kind == "s3dlio-c":
@@ -905,7 +912,8 @@ class Bench:
         self.servers.start_all()
         try:
             for name, fn in (("S1", self.s1_large), ("S2", self.s2_small), ("S3", self.s3_sweep),
-                             ("S4", self.s4_procs), ("S5", self.s5_memory)):
+                             ("S4", self.s4_procs), ("S5", self.s5_memory),
+                             ("S6", self.s6_cache)):
                 if cfg.want(name):
                     t = time.monotonic()
                     log("---- %s" % name)
@@ -986,6 +994,8 @@ class Bench:
                         % min(cfg.rs_small_n, cfg.small_n)), None, "reported")
         ratio("16 KiB: s3dlio-c get_many tcp / Arrow Flight", small,
               self.find("S2", "16 KiB Arrow Flight do_get"), None, "reported")
+        if self.cache is not None:
+            t.extend(self.cache.info)
         return t
 
     def report(self):
@@ -1073,7 +1083,8 @@ def format_table(meta, rows, procs, memory, targets):
     out.append("s3dlio-c benchmark  %s  (%s; %d runs each, median; %s cores; kernel %s; git %s)"
                % (meta["date"], meta["command"], meta["runs"], meta["cores"], meta["kernel"],
                   meta["git"]))
-    names = {"S1": "S1 large objects", "S2": "S2 small objects", "S3": "S3 size sweep"}
+    names = {"S1": "S1 large objects", "S2": "S2 small objects", "S3": "S3 size sweep",
+             "S6": "S6 remote objects through the server cache (S3 emulator)"}
     hdr = "%-*s %10s %-6s %17s %9s %9s" % (w, "case", "median", "unit", "min..max", "srv s/GB",
                                            "cli s/GB")
     last = None
