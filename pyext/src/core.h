@@ -2,7 +2,8 @@
  *
  * module.c owns the module and its state (the heap types, s3dlio.Error) and the mapping of
  * S3DLIO_E_* codes to Python exceptions; bytesview.c owns BytesView and the aligned buffers
- * it adopts; client.c owns Client, the wrapper of s3dlio_client. */
+ * it adopts (and the pool that recycles large ones); client.c owns Client, the wrapper of
+ * s3dlio_client. */
 #ifndef S3DLIO_PYEXT_CORE_H
 #define S3DLIO_PYEXT_CORE_H
 
@@ -55,7 +56,8 @@ PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri)
 /* ---- bytesview.c ---- */
 
 /* Aligned allocation for object bytes (callable without the GIL). Size 0 still gets a small
- * real allocation, so a successful call never returns NULL. */
+ * real allocation, so a successful call never returns NULL. Large sizes come from a
+ * process-wide pool of recycled buffers: the bytes are not zeroed. */
 void *bytesview_alloc_raw(uint64_t size);
 
 /* An s3dlio_get_many allocator that records each request's buffer in ptrs[index]
@@ -66,6 +68,9 @@ typedef struct many_ctx {
 } many_ctx;
 void *many_alloc(void *ctx, size_t index, uint64_t size);
 void many_release(void *ctx, size_t index, void *ptr, uint64_t size);
+
+/* Releases what bytesview_alloc_raw returned (NULL is fine), from any thread, with or without
+ * the GIL. A pool buffer goes to the next object of its size: nothing may read it after. */
 void bytesview_free_raw(void *ptr);
 
 /* A BytesView that adopts ptr (from bytesview_alloc_raw, or NULL when size is 0). On failure
