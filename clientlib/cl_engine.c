@@ -157,7 +157,8 @@ static void op_finish(struct eng *e, struct cl_op *op, int status, char *msg)
 		cl_free_msg(msg);
 		op->status = S3DLIO_OK;
 		op->error = NULL;
-		op->size = op->kind == CL_GET ? op->received : 0;
+		if (op->kind != CL_PREFETCH) /* PREFETCH: the size END announced stays */
+			op->size = op->kind == CL_GET ? op->received : 0;
 		op->placed = 0;
 	}
 	if (op->local_msg != msg)

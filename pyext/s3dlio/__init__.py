@@ -24,7 +24,7 @@ __version__ = "0.9.1"
 
 __all__ = [
     "BytesView", "Client", "Error", "connect", "delete", "exists", "get", "get_into",
-    "get_many", "get_object", "get_range", "list", "put_bytes", "stat", "stats",
+    "get_many", "get_object", "get_range", "list", "prefetch", "put_bytes", "stat", "stats",
     "__version__", "crc32c",
     "CheckpointError", "CheckpointReader", "CheckpointStore", "CheckpointWriter",
     "ObjectReader", "ObjectWriter", "load_checkpoint", "load_checkpoint_with_validation",
@@ -51,6 +51,16 @@ def get_many(uris, max_in_flight=64):
     max_in_flight requests outstanding. The first failure (in input order) raises, naming
     its URI."""
     return _client().get_many(uris, max_in_flight)
+
+
+def prefetch(uris, max_in_flight=64):
+    """Warm the server's object cache for a coming epoch: the server fetches every URI into its
+    cache (one backend read per object, shared with any GET of it already running) and this
+    returns once all are cached, with the number of bytes cached. URIs the server does not
+    cache (local files, a server without --cache-mem, objects over its size limit) count 0.
+    With several servers, each URI warms the server that will serve it. The first failure
+    (in input order) raises, naming its URI."""
+    return _client().prefetch(uris, max_in_flight)
 
 
 def get_object(bucket, key):

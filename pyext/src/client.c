@@ -370,12 +370,85 @@ static void many_cleanup(uri_arg *uris, s3dlio_request *reqs, void **ptrs, size_
 	PyMem_Free(ptrs);
 }
 
+/* The arguments of get_many and prefetch: (uris, max_in_flight=64). On success *seq holds the
+ * URIs as a fast sequence and, when there are any, *uris and *reqs one entry each (free with
+ * many_cleanup); 0, or -1 with an exception. */
+static int many_args(PyObject *args, PyObject *kwds, const char *fmt, PyObject **seq,
+                     uri_arg **uris, s3dlio_request **reqs, Py_ssize_t *n,
+                     Py_ssize_t *max_in_flight)
+{
+	static char *kwlist[] = {"uris", "max_in_flight", NULL};
+	PyObject *uris_obj;
+	Py_ssize_t i;
+
+	*seq = NULL;
+	*uris = NULL;
+	*reqs = NULL;
+	*n = 0;
+	*max_in_flight = 64;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &uris_obj, max_in_flight))
+		return -1;
+	if (*max_in_flight < 1) {
+		PyErr_Format(PyExc_ValueError, "max_in_flight must be >= 1, got %zd",
+		             *max_in_flight);
+		return -1;
+	}
+	if (*max_in_flight > 65536)
+		*max_in_flight = 65536;
+	if (PyUnicode_Check(uris_obj) || PyBytes_Check(uris_obj)) {
+		PyErr_SetString(PyExc_TypeError, "uris must be a list of str, not a single string");
+		return -1;
+	}
+	*seq = PySequence_Fast(uris_obj, "uris must be an iterable of str");
+	if (*seq == NULL)
+		return -1;
+	*n = PySequence_Fast_GET_SIZE(*seq);
+	if (*n == 0)
+		return 0;
+	*uris = PyMem_Calloc((size_t)*n, sizeof(**uris));
+	*reqs = PyMem_Calloc((size_t)*n, sizeof(**reqs));
+	if (*uris == NULL || *reqs == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (i = 0; i < *n; i++) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "uris[%zd]", i);
+		if (uri_arg_get(PySequence_Fast_GET_ITEM(*seq, i), what, &(*uris)[i]) < 0)
+			return -1;
+		(*reqs)[i].uri = (*uris)[i].s;
+		(*reqs)[i].offset = 0;
+		(*reqs)[i].length = S3DLIO_TO_END;
+	}
+	return 0;
+}
+
+/* Raise the first failed request's error (in input order), naming its URI. */
+static void many_raise(client_object *self, const s3dlio_request *reqs, Py_ssize_t n,
+                       s3dlio_error *err, int rc)
+{
+	const char *bad = NULL, *msg = err->message;
+	Py_ssize_t i;
+
+	for (i = 0; i < n; i++) {
+		if (reqs[i].status != S3DLIO_OK) {
+			bad = reqs[i].uri;
+			if (msg[0] == '\0' && reqs[i].error != NULL)
+				msg = reqs[i].error;
+			if (err->code == 0)
+				err->code = reqs[i].status;
+			break;
+		}
+	}
+	core_raise(client_state(self), err->code != 0 ? err->code : rc, msg, bad);
+}
+
 static PyObject *client_get_many(client_object *self, PyObject *args, PyObject *kwds)
 {
 	PyThreadState *ts;
-	static char *kwlist[] = {"uris", "max_in_flight", NULL};
-	PyObject *uris_obj, *seq = NULL, *list = NULL, *res = NULL;
-	Py_ssize_t max_in_flight = 64, i, n;
+	PyObject *seq = NULL, *list = NULL, *res = NULL;
+	Py_ssize_t max_in_flight, i, n = 0;
 	uri_arg *uris = NULL;
 	s3dlio_request *reqs = NULL;
 	void **ptrs = NULL;
@@ -384,44 +457,16 @@ static PyObject *client_get_many(client_object *self, PyObject *args, PyObject *
 	many_ctx mc;
 	int rc;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:get_many", kwlist, &uris_obj,
-	                                 &max_in_flight))
-		return NULL;
-	if (max_in_flight < 1) {
-		PyErr_Format(PyExc_ValueError, "max_in_flight must be >= 1, got %zd",
-		             max_in_flight);
-		return NULL;
-	}
-	if (max_in_flight > 65536)
-		max_in_flight = 65536;
-	if (PyUnicode_Check(uris_obj) || PyBytes_Check(uris_obj)) {
-		PyErr_SetString(PyExc_TypeError, "uris must be a list of str, not a single string");
-		return NULL;
-	}
-	seq = PySequence_Fast(uris_obj, "uris must be an iterable of str");
-	if (seq == NULL)
-		return NULL;
-	n = PySequence_Fast_GET_SIZE(seq);
+	if (many_args(args, kwds, "O|n:get_many", &seq, &uris, &reqs, &n, &max_in_flight) < 0)
+		goto done;
 	if (n == 0) {
 		res = PyList_New(0);
 		goto done;
 	}
-	uris = PyMem_Calloc((size_t)n, sizeof(*uris));
-	reqs = PyMem_Calloc((size_t)n, sizeof(*reqs));
 	ptrs = PyMem_Calloc((size_t)n, sizeof(*ptrs));
-	if (uris == NULL || reqs == NULL || ptrs == NULL) {
+	if (ptrs == NULL) {
 		PyErr_NoMemory();
 		goto done;
-	}
-	for (i = 0; i < n; i++) {
-		char what[64];
-
-		snprintf(what, sizeof(what), "uris[%zd]", i);
-		if (uri_arg_get(PySequence_Fast_GET_ITEM(seq, i), what, &uris[i]) < 0)
-			goto done;
-		reqs[i].uri = uris[i].s;
-		reqs[i].offset = 0;
-		reqs[i].length = S3DLIO_TO_END;
 	}
 	c = client_enter(self);
 	if (c == NULL)
@@ -435,19 +480,7 @@ static PyObject *client_get_many(client_object *self, PyObject *args, PyObject *
 	PyEval_RestoreThread(ts);
 	client_leave(self);
 	if (rc != S3DLIO_OK) {
-		const char *bad = NULL, *msg = err.message;
-
-		for (i = 0; i < n; i++) {
-			if (reqs[i].status != S3DLIO_OK) {
-				bad = reqs[i].uri;
-				if (msg[0] == '\0' && reqs[i].error != NULL)
-					msg = reqs[i].error;
-				if (err.code == 0)
-					err.code = reqs[i].status;
-				break;
-			}
-		}
-		core_raise(client_state(self), err.code != 0 ? err.code : rc, msg, bad);
+		many_raise(self, reqs, n, &err, rc);
 		goto done;
 	}
 	list = PyList_New(n);
@@ -470,6 +503,44 @@ static PyObject *client_get_many(client_object *self, PyObject *args, PyObject *
 done:
 	many_cleanup(uris, reqs, ptrs, (size_t)(n > 0 && uris != NULL ? n : 0));
 	Py_XDECREF(list);
+	Py_XDECREF(seq);
+	return res;
+}
+
+/* prefetch: warm the server's cache; the total size of the objects now cached. */
+static PyObject *client_prefetch(client_object *self, PyObject *args, PyObject *kwds)
+{
+	PyThreadState *ts;
+	PyObject *seq = NULL, *res = NULL;
+	Py_ssize_t max_in_flight, i, n = 0;
+	uri_arg *uris = NULL;
+	s3dlio_request *reqs = NULL;
+	s3dlio_client *c;
+	s3dlio_error err;
+	unsigned long long cached = 0;
+	int rc;
+
+	if (many_args(args, kwds, "O|n:prefetch", &seq, &uris, &reqs, &n, &max_in_flight) < 0)
+		goto done;
+	if (n > 0) {
+		c = client_enter(self);
+		if (c == NULL)
+			goto done;
+		memset(&err, 0, sizeof(err));
+		ts = PyEval_SaveThread();
+		rc = s3dlio_prefetch_many(c, reqs, (size_t)n, (unsigned)max_in_flight, &err);
+		PyEval_RestoreThread(ts);
+		client_leave(self);
+		if (rc != S3DLIO_OK) {
+			many_raise(self, reqs, n, &err, rc);
+			goto done;
+		}
+		for (i = 0; i < n; i++)
+			cached += reqs[i].size;
+	}
+	res = PyLong_FromUnsignedLongLong(cached);
+done:
+	many_cleanup(uris, reqs, NULL, (size_t)(n > 0 && uris != NULL ? n : 0));
 	Py_XDECREF(seq);
 	return res;
 }
@@ -951,6 +1022,10 @@ static PyMethodDef client_methods[] = {
     {"get_many", (PyCFunction)(void (*)(void))client_get_many, METH_VARARGS | METH_KEYWORDS,
      "get_many(uris, max_in_flight=64) -> list[(uri, BytesView)], in input order.\n"
      "The first failure (in input order) raises, naming its URI."},
+    {"prefetch", (PyCFunction)(void (*)(void))client_prefetch, METH_VARARGS | METH_KEYWORDS,
+     "prefetch(uris, max_in_flight=64) -> int: have the server fetch the objects into\n"
+     "its cache now (for a coming read); returns the bytes cached (0 for URIs the\n"
+     "server does not cache). The first failure (in input order) raises."},
     {"get_into", (PyCFunction)(void (*)(void))client_get_into, METH_VARARGS | METH_KEYWORDS,
      "get_into(uri, buffer, offset=0, length=None) -> int: receive into a writable\n"
      "C-contiguous buffer; returns the bytes written."},
