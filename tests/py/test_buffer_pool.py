@@ -277,3 +277,99 @@ def test_bad_setting_fails_the_import(name, value):
 @pytest.mark.parametrize("value", ["0", "512MiB", "1.5g", "2G", "1048576", "64kb"])
 def test_size_settings_parse(value):
     s3dtest.run_py("import s3dlio", env={"S3DLIO_BUFFER_POOL": value}, unset=POOL_ENV)
+
+
+@pytest.fixture(scope="module")
+def small(data):
+    """1500 objects of 1 byte to 63 KiB: carved from slabs."""
+    rnd = random.Random(7)
+    f = Files(data, "s", [rnd.randrange(1, 64 << 10) for _ in range(1500)], 8)
+    # too many for a command line: the child reads them from a file
+    f.listing = data.path("pool/small.json")
+    with open(f.listing, "w") as out:
+        json.dump({"uris": f.uris, "sha": f.sha}, out)
+    yield f
+    f.remove(data)
+    os.remove(f.listing)
+
+
+@rss_only
+def test_small_objects_share_recycled_slabs(server, small):
+    """Small objects are carved from 2 MiB slabs that go back to the pool once their last
+    object is dropped: rounds of get_many reuse the same slabs, RSS does not grow, and every
+    object keeps its own bytes."""
+    r = child(server, body(f"""
+        with open({small.listing!r}) as f:
+            listing = json.load(f)
+        u, want = listing["uris"], listing["sha"]
+        s3dlio.get(u[0])
+        base = vm_kib("VmHWM")
+        slabs, ok = [], True
+        for i in range(8):
+            res = s3dlio.get_many(u)
+            ok = ok and all(sha(v) == want[x] for x, v in res)
+            addrs = [buffer_address(v) for _, v in res]
+            slabs.append(sorted({{a >> 21 for a in addrs}}))
+            # distinct objects never overlap
+            spans = sorted((buffer_address(v), len(v)) for _, v in res)
+            ok = ok and all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:]))
+            del res, addrs, spans
+        peak = vm_kib("VmHWM")
+        held = sum(os.path.getsize(x[len("file://"):]) for x in u)
+        print(json.dumps(dict(base=base, peak=peak, slabs=slabs, ok=ok, held=held)))
+    """))
+    assert r["ok"], "an object had wrong bytes or overlapped another"
+    per_round = len(r["slabs"][0])
+    assert per_round <= r["held"] // (2 << 20) + 3, "small objects are not packed into slabs"
+    # later rounds land in the slabs earlier rounds released
+    assert set(r["slabs"][-1]) <= set().union(*r["slabs"][:-1])
+    allowed = (1.1 * r["held"] + 64 * MiB) / 1024
+    assert r["peak"] - r["base"] <= allowed, \
+        f"8 rounds of {r['held'] >> 20} MiB of small objects raised RSS by " \
+        f"{(r['peak'] - r['base']) / 1024:.0f} MiB"
+
+
+def test_a_kept_small_object_keeps_its_bytes(server, small):
+    """One object kept from a batch keeps its slab: later batches, carved from other slabs,
+    never write over it."""
+    r = child(server, body(f"""
+        with open({small.listing!r}) as f:
+            listing = json.load(f)
+        u, want = listing["uris"], listing["sha"]
+        res = s3dlio.get_many(u)
+        keep_uri, keep = res[len(res) // 2]
+        arr = np.frombuffer(keep, dtype=np.uint8)
+        del res, keep
+        ok = True
+        for i in range(5):
+            res = s3dlio.get_many(u)
+            ok = ok and all(sha(v) == want[x] for x, v in res)
+            del res
+        print(json.dumps(dict(ok=ok, kept=sha(arr) == want[keep_uri])))
+    """))
+    assert r["ok"]
+    assert r["kept"], "a live small object's bytes changed"
+
+
+def test_small_objects_from_many_threads(server, small):
+    r = child(server, body(f"""
+        import threading
+        with open({small.listing!r}) as f:
+            listing = json.load(f)
+        u, want = listing["uris"], listing["sha"]
+        bad = []
+        def run(k):
+            for i in range(4):
+                part = u[k::4]
+                for x, v in s3dlio.get_many(part):
+                    if sha(v) != want[x]:
+                        bad.append(x)
+                for x in part[:20]:
+                    if sha(s3dlio.get(x)) != want[x]:
+                        bad.append(x)
+        ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print(json.dumps(dict(bad=bad)))
+    """))
+    assert r["bad"] == []
