@@ -42,6 +42,7 @@
 /* With CRC checking, a payload read lands at most this much at once, so the CRC that
  * follows reads bytes still in L2 rather than from memory. */
 #define ENG_CRC_READ (256u << 10)
+#define ENG_LOWAT (1u << 20) /* S3DLIO_RCVLOWAT overrides; 0: off */
 #define ENG_MAX_IN_FLIGHT 4096u
 #define ENG_BUSY_RETRIES 6u
 #define ENG_BUSY_MAX_DELAY_MS 2000u
@@ -106,6 +107,7 @@ struct eng {
 	s3dlio_release_fn release;
 	void *actx;
 	int verify;
+	unsigned lowat; /* SO_RCVLOWAT while a payload is pending (0: off) */
 	uint64_t now;
 	uint8_t *scratch;
 	char entry_uri[WIRE_MAX_URI + 1];
@@ -567,10 +569,19 @@ static void ec_release(struct eng *e, struct eng_conn *ec)
 	if (!cn)
 		return;
 	ec->cn = NULL;
-	if (ec->inflight || ec->rx_rem || ec_wants_write(ec) || cn->stage_off != cn->stage_len)
+	if (ec->inflight || ec->rx_rem || ec_wants_write(ec) || cn->stage_off != cn->stage_len) {
 		cl_pool_discard(e->c, cn);
-	else
-		cl_pool_checkin(e->c, cn);
+		return;
+	}
+	if (cn->lowat > 1) {
+		int one = 1;
+		if (setsockopt(cn->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) != 0) {
+			cl_pool_discard(e->c, cn); /* a later call would wait for bytes never sent */
+			return;
+		}
+		cn->lowat = 1;
+	}
+	cl_pool_checkin(e->c, cn);
 }
 
 /* ---- receiving ---- */
@@ -914,6 +925,22 @@ static int ec_parse(struct eng *e, struct eng_conn *ec)
 	return 0;
 }
 
+/* Before the engine sleeps on ec: while a large payload is pending, poll() wakes only once
+ * ENG_LOWAT bytes (or the rest of the payload) are queued, not for every segment that lands:
+ * each wake-up costs the sender too (on loopback, the receiver's wake-up is sent from the
+ * server's CPU). Back to 1 for headers, and before the connection returns to the pool. */
+static void ec_lowat(struct eng *e, struct eng_conn *ec)
+{
+	struct cl_conn *cn = ec->cn;
+	if (!cn || cn->ssl || !e->lowat)
+		return;
+	int want = ec->rx_rem > e->lowat ? (int)e->lowat : ec->rx_rem ? (int)ec->rx_rem : 1;
+	if (want == cn->lowat || (want == 1 && !cn->lowat))
+		return;
+	if (setsockopt(cn->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
+		cn->lowat = want;
+}
+
 static void ec_read(struct eng *e, struct eng_conn *ec)
 {
 	for (int round = 0; ec->cn && round < ENG_ROUNDS; round++) {
@@ -954,8 +981,10 @@ static void ec_read(struct eng *e, struct eng_conn *ec)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				ec_lowat(e, ec);
 				return;
+			}
 			ec_break(e, ec, S3DLIO_E_CONNECTION, "connection to %s lost: %s", e->c->url,
 			         strerror(errno));
 			return;
@@ -982,6 +1011,7 @@ static void ec_read(struct eng *e, struct eng_conn *ec)
 	/* more may be waiting: parse what we have; poll() reports the rest */
 	if (ec->cn && !ec->rx_rem)
 		(void)ec_parse(e, ec);
+	ec_lowat(e, ec);
 }
 
 /* ---- the loop ---- */
@@ -1088,6 +1118,12 @@ void cl_engine_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_i
 	e->release = release;
 	e->actx = actx;
 	e->verify = c->verify_crc;
+	e->lowat = ENG_LOWAT;
+	{
+		const char *v = getenv("S3DLIO_RCVLOWAT");
+		if (v && *v)
+			e->lowat = (unsigned)strtoul(v, NULL, 10);
+	}
 	e->now = cl_now_ms();
 	e->max_in_flight = max_in_flight ? max_in_flight : CL_DEFAULT_IN_FLIGHT;
 	if (e->max_in_flight > ENG_MAX_IN_FLIGHT)

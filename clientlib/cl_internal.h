@@ -55,6 +55,7 @@ struct ssl_ctx_st;
 struct cl_conn {
 	int fd;
 	struct ssl_st *ssl; /* TLS session, or NULL for a plain socket */
+	int lowat;          /* SO_RCVLOWAT set on fd (0: never set, the kernel's 1) */
 	uint32_t max_frame;     /* from WELCOME: largest DATA payload either side sends */
 	uint32_t max_in_flight; /* from WELCOME: requests in flight before BUSY (0: no limit) */
 	int reused;             /* checked out from the idle list (not opened for this call) */
