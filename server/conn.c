@@ -414,6 +414,29 @@ static void conn_count_sent(struct conn *c, struct req *r, uint64_t n)
 		tenant_charge(c->tenant, n);
 }
 
+/* A DATA header went out without its payload, which would desynchronise the stream: the
+ * connection is lost. Returns 0 (the GET is over) for the step functions. */
+static int conn_output_failed(struct conn *c, const struct req *r)
+{
+	log_write(c->env->log, LOGL_ERROR, "conn=%s id=%" PRIu64 " msg=\"output failed\"", c->peer,
+	          r->id);
+	conn_close(c);
+	return 0;
+}
+
+/* n more bytes of r's reply are queued: 1 while more remain, else its END is sent (0). */
+static int conn_get_advance(struct conn *c, struct req *r, size_t n)
+{
+	conn_count_sent(c, r, n);
+	r->sent += n;
+	r->obj_off += n;
+	if (r->sent < r->total)
+		return 1;
+	conn_send_end(c, r->id, r->total, r->crc);
+	conn_req_done(c, r);
+	return 0;
+}
+
 /* One DATA frame of a GET served from a cache entry, by reference; 1 while more remains. */
 static int conn_step_cached(struct conn *c, struct req *r)
 {
@@ -435,20 +458,9 @@ static int conn_step_cached(struct conn *c, struct req *r)
 	if (evbuffer_add_reference(bufferevent_get_output(c->bev), p, n, cache_entry_unref_cb,
 	                           r->ce) < 0) {
 		cache_entry_unref(r->ce);
-		/* a DATA header without its payload would desynchronise the stream */
-		log_write(c->env->log, LOGL_ERROR, "conn=%s id=%" PRIu64 " msg=\"output failed\"",
-		          c->peer, r->id);
-		conn_close(c);
-		return 0;
+		return conn_output_failed(c, r);
 	}
-	conn_count_sent(c, r, n);
-	r->sent += n;
-	r->obj_off += n;
-	if (r->sent < r->total)
-		return 1;
-	conn_send_end(c, r->id, r->total, r->crc);
-	conn_req_done(c, r);
-	return 0;
+	return conn_get_advance(c, r, n);
 }
 
 /* One DATA frame of a GET; 1 while more remains. */
@@ -471,21 +483,9 @@ static int conn_step_get(struct conn *c, struct req *r)
 	f.offset = r->sent;
 	f.payload_len = n;
 	if (conn_send(c, &f) < 0 ||
-	    evbuffer_add_buffer(bufferevent_get_output(c->bev), c->chunk) < 0) {
-		/* a DATA header without its payload would desynchronise the stream */
-		log_write(c->env->log, LOGL_ERROR, "conn=%s id=%" PRIu64 " msg=\"output failed\"",
-		          c->peer, r->id);
-		conn_close(c);
-		return 0;
-	}
-	conn_count_sent(c, r, n);
-	r->sent += n;
-	r->obj_off += n;
-	if (r->sent < r->total)
-		return 1;
-	conn_send_end(c, r->id, r->total, r->crc);
-	conn_req_done(c, r);
-	return 0;
+	    evbuffer_add_buffer(bufferevent_get_output(c->bev), c->chunk) < 0)
+		return conn_output_failed(c, r);
+	return conn_get_advance(c, r, n);
 }
 
 /* A batch of LIST entries; 1 while more remain. */
