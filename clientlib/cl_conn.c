@@ -332,7 +332,7 @@ static int handshake(s3dlio_client *c, struct cl_conn *cn, uint64_t deadline, ui
 	return 0;
 }
 
-int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err)
+int cl_conn_open(s3dlio_client *c, int patient, struct cl_conn **out, s3dlio_error *err)
 {
 	int result = S3DLIO_E_NOMEM;
 	uint64_t deadline = cl_now_ms() + c->connect_timeout_ms;
@@ -355,7 +355,7 @@ int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err)
 				goto done;
 		}
 		result = handshake(c, cn, deadline, &retry_ms, err);
-		if (result != S3DLIO_E_BUSY)
+		if (result != S3DLIO_E_BUSY || !patient)
 			break;
 		/* the tenant has all the connections it may: wait as told, while time is left */
 		int left = ms_left(deadline);

@@ -42,7 +42,6 @@
 /* With CRC checking, a payload read lands at most this much at once, so the CRC that
  * follows reads bytes still in L2 rather than from memory. */
 #define ENG_CRC_READ (256u << 10)
-#define ENG_LOWAT (1u << 20) /* S3DLIO_RCVLOWAT overrides; 0: off */
 #define ENG_MAX_IN_FLIGHT 4096u
 #define ENG_BUSY_RETRIES 6u
 #define ENG_BUSY_MAX_DELAY_MS 2000u
@@ -1016,16 +1015,21 @@ static void ec_read(struct eng *e, struct eng_conn *ec)
 
 /* ---- the loop ---- */
 
-static void fail_unsent(struct eng *e, int code, const char *cause)
+/* Fail every request not sent yet; no_conn: because no connection could be set up (a list
+ * of servers then moves them to the next one, whatever the code: refused, timed out...). */
+static void fail_unsent(struct eng *e, int code, const char *cause, int no_conn)
 {
 	struct cl_op *op;
-	while ((op = next_ready(e, 1)) != NULL)
+	while ((op = next_ready(e, 1)) != NULL) {
+		op->no_conn = no_conn;
 		op_finish(e, op, code,
 		          cl_strdup_printf("%.*s: %s", (int)op->uri_len, op->uri, cause));
+	}
 	/* retries not due yet */
 	while ((op = e->retry_head) != NULL) {
 		e->retry_head = op->next_retry;
 		op->next_retry = NULL;
+		op->no_conn = no_conn;
 		op_finish(e, op, code,
 		          cl_strdup_printf("%.*s: %s", (int)op->uri_len, op->uri, cause));
 	}
@@ -1040,13 +1044,13 @@ static int get_conn(struct eng *e, int wait)
 		return r;
 	if (r) {
 		if (wait)
-			fail_unsent(e, r, err.message);
+			fail_unsent(e, r, err.message, 1);
 		return r;
 	}
 	if (ec_attach(e, cn)) {
 		cl_pool_checkin(e->c, cn);
 		if (wait)
-			fail_unsent(e, S3DLIO_E_NOMEM, "out of memory");
+			fail_unsent(e, S3DLIO_E_NOMEM, "out of memory", 0);
 		return S3DLIO_E_NOMEM;
 	}
 	return 0;
@@ -1118,12 +1122,7 @@ void cl_engine_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_i
 	e->release = release;
 	e->actx = actx;
 	e->verify = c->verify_crc;
-	e->lowat = ENG_LOWAT;
-	{
-		const char *v = getenv("S3DLIO_RCVLOWAT");
-		if (v && *v)
-			e->lowat = (unsigned)strtoul(v, NULL, 10);
-	}
+	e->lowat = c->rcvlowat;
 	e->now = cl_now_ms();
 	e->max_in_flight = max_in_flight ? max_in_flight : CL_DEFAULT_IN_FLIGHT;
 	if (e->max_in_flight > ENG_MAX_IN_FLIGHT)
@@ -1229,7 +1228,7 @@ void cl_engine_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_i
 
 	/* whatever is still not done has no connection left to run on */
 	if (e->remaining)
-		fail_unsent(e, S3DLIO_E_CONNECTION, "no connection to the server");
+		fail_unsent(e, S3DLIO_E_CONNECTION, "no connection to the server", 1);
 	for (unsigned i = 0; i < CL_CONNS_PER_CALL; i++) {
 		struct eng_conn *ec = &e->ecs[i];
 		ec_release(e, ec);

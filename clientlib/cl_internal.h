@@ -30,6 +30,9 @@
 #define CL_DEFAULT_CONNS 16u
 #define CL_DEFAULT_CONNECT_MS 5000u
 #define CL_DEFAULT_IO_MS 60000u
+/* SO_RCVLOWAT while a large payload is pending (cl_engine.c, ec_lowat); S3DLIO_RCVLOWAT */
+#define CL_DEFAULT_RCVLOWAT (1u << 20)
+#define CL_MAX_RCVLOWAT (64u << 20)
 
 /* Counters of s3dlio_stats, updated without a lock from any thread. */
 struct cl_stats {
@@ -84,6 +87,7 @@ struct s3dlio_client {
 	unsigned connect_timeout_ms;
 	unsigned io_timeout_ms;
 	int verify_crc;
+	unsigned rcvlowat; /* 0: off */
 	char *token;
 
 	struct cl_stats stats;
@@ -143,8 +147,10 @@ void cl_route_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in
 /* Parse url into c->is_unix/host/port/path. */
 int cl_conn_parse_url(s3dlio_client *c, const char *url, s3dlio_error *err);
 /* Open a connection and complete HELLO/WELCOME within c->connect_timeout_ms. On failure *err
- * says "cannot connect to URL: cause" (or the server's refusal). */
-int cl_conn_open(s3dlio_client *c, struct cl_conn **out, s3dlio_error *err);
+ * says "cannot connect to URL: cause" (or the server's refusal). patient: a BUSY refusal (the
+ * tenant's connection limit) is retried as the server asks until the deadline; otherwise it
+ * fails at once (a call that already has a connection just goes on with it). */
+int cl_conn_open(s3dlio_client *c, int patient, struct cl_conn **out, s3dlio_error *err);
 void cl_conn_close(struct cl_conn *cn);
 /* 1 when an idle connection still looks usable: the peer has not closed it, nor sent bytes. */
 int cl_conn_idle_ok(struct cl_conn *cn);
@@ -212,6 +218,7 @@ struct cl_op {
 	int crc_sent;      /* PUT: END with crc went out */
 	int placed;        /* data came from alloc: release it if the request fails */
 	int got_frame;     /* a frame of the reply arrived */
+	int no_conn;       /* failed because no connection to the server could be set up */
 	int sent_once;     /* counted in stats.requests */
 	int local_status;  /* set when the client itself ended the request (then cancelled it) */
 	char *local_msg;

@@ -74,7 +74,7 @@ int cl_pool_checkout(s3dlio_client *c, int wait, struct cl_conn **out, s3dlio_er
 			}
 			pthread_mutex_unlock(&c->mu);
 			struct cl_conn *cn = NULL;
-			int r = cl_conn_open(c, &cn, err);
+			int r = cl_conn_open(c, wait, &cn, err);
 			pthread_mutex_lock(&c->mu);
 			if (r) {
 				c->total--;

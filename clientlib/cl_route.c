@@ -254,9 +254,12 @@ int cl_route_init(s3dlio_client *c, char **urls, char **names, size_t n,
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct cl_member *m = &c->members[i];
-		m->c = cl_client_new_one(urls[i], opts, 0, err);
-		if (!m->c)
-			return err->code; /* a malformed entry: the list is wrong, not a server */
+		s3dlio_error e1 = {0, ""};
+		m->c = cl_client_new_one(urls[i], opts, 0, &e1);
+		if (!m->c) { /* a malformed entry: the list is wrong, not a server */
+			cl_err(err, e1.code, "%s", e1.message);
+			return e1.code;
+		}
 		c->nmembers++;
 		m->hash = route_hash(urls[i], strlen(urls[i]));
 		if (names[i] && !(m->c->tls_name = strdup(names[i]))) {
@@ -351,10 +354,11 @@ static void *route_job_main(void *arg)
 	return NULL;
 }
 
-/* A failure that says the server, not the request, is the problem. */
+/* A failure that says the server, not the request, is the problem: no connection could be
+ * set up (refused, timed out, TLS refused...), or one broke. */
 static int route_member_failed(const struct cl_op *op)
 {
-	if (op->status != S3DLIO_E_CONNECTION)
+	if (op->status != S3DLIO_E_CONNECTION && !op->no_conn)
 		return 0;
 	/* entries already handed to the caller's callback cannot be taken back */
 	return op->kind != CL_LIST || !op->got_frame;
@@ -417,9 +421,20 @@ static unsigned route_allowed(s3dlio_client *c, const uint8_t *failed, uint8_t *
 	return k;
 }
 
+/* Fail what no server could do: with the code every server gave, if they agree (a refused
+ * token or certificate stays a PermissionError), else CONNECTION; the message names each
+ * server's cause. */
 static void route_fail_rest(s3dlio_client *c, struct cl_op *ops, const size_t *pending,
-                            size_t npending, char **why)
+                            size_t npending, char **why, const int *why_code)
 {
+	int code = 0;
+	for (unsigned i = 0; i < c->nmembers; i++) {
+		if (!why_code[i] || (code && why_code[i] != code)) {
+			code = S3DLIO_E_CONNECTION;
+			break;
+		}
+		code = why_code[i];
+	}
 	char causes[1024] = "";
 	size_t clen = 0;
 	for (unsigned i = 0; i < c->nmembers && clen + 1 < sizeof(causes); i++) {
@@ -430,7 +445,7 @@ static void route_fail_rest(s3dlio_client *c, struct cl_op *ops, const size_t *p
 	}
 	for (size_t k = 0; k < npending; k++) {
 		struct cl_op *op = &ops[pending[k]];
-		op->status = S3DLIO_E_CONNECTION;
+		op->status = code;
 		op->error = cl_strdup_printf("%.*s: all %u servers failed: %s", (int)op->uri_len,
 		                             op->uri, c->nmembers, causes);
 	}
@@ -445,9 +460,10 @@ void cl_route_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in
 	struct route_job *jobs = calloc(nm, sizeof(*jobs));
 	uint8_t *failed = calloc(nm, 1), *allowed = calloc(nm, 1);
 	char **why = calloc(nm, sizeof(*why));
+	int *why_code = calloc(nm, sizeof(*why_code));
 	size_t *pending = malloc(n * sizeof(*pending));
 	size_t npending = n;
-	if (!jobs || !failed || !allowed || !why || !pending) {
+	if (!jobs || !failed || !allowed || !why || !why_code || !pending) {
 		for (size_t i = 0; i < n; i++) {
 			ops[i].status = S3DLIO_E_NOMEM;
 			ops[i].error = cl_strdup_printf("%.*s: out of memory", (int)ops[i].uri_len,
@@ -459,7 +475,7 @@ void cl_route_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in
 		pending[i] = i;
 	while (npending) {
 		if (!route_allowed(c, failed, allowed)) {
-			route_fail_rest(c, ops, pending, npending, why);
+			route_fail_rest(c, ops, pending, npending, why, why_code);
 			break;
 		}
 		/* route: every pending request to its member */
@@ -542,6 +558,7 @@ void cl_route_run(s3dlio_client *c, struct cl_op *ops, size_t n, unsigned max_in
 						    strncmp(cause + r->uri_len, ": ", 2) == 0)
 							cause += r->uri_len + 2;
 						why[i] = strdup(cause);
+						why_code[i] = r->status;
 					}
 					cl_free_msg(r->error);
 					pending[again++] = j->from[k];
@@ -569,5 +586,6 @@ done:
 	free(failed);
 	free(allowed);
 	free(why);
+	free(why_code);
 	free(pending);
 }

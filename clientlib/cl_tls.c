@@ -194,22 +194,28 @@ void cl_tls_close(struct cl_conn *cn)
 
 /* ---- byte I/O: errno semantics of readv/sendmsg on a non-blocking socket ---- */
 
-/* -1 with errno from an OpenSSL failure (after `done` bytes moved: then return those). */
-static ssize_t tls_io_fail(struct cl_conn *cn, int r, size_t done)
+/* -1 with errno from an OpenSSL failure (after `done` bytes moved: then return those). A
+ * read returns 0 at the end of the stream; a write never does (its failures keep errno,
+ * EPIPE when the system gave none), so callers never mistake a failed write for no progress. */
+static ssize_t tls_io_fail(struct cl_conn *cn, int r, size_t done, int reading)
 {
 	int e = SSL_get_error(cn->ssl, r);
+	int saved = errno;
 	if (done)
 		return (ssize_t)done;
 	switch (e) {
 	case SSL_ERROR_WANT_READ:
 	case SSL_ERROR_WANT_WRITE: errno = EAGAIN; return -1;
-	case SSL_ERROR_ZERO_RETURN: return 0;
+	case SSL_ERROR_ZERO_RETURN:
+		if (reading)
+			return 0;
+		errno = EPIPE;
+		return -1;
 	case SSL_ERROR_SYSCALL:
 		if (ERR_peek_error() == 0) {
-			if (!errno)
-				errno = ECONNRESET;
-			if (r == 0)
-				return 0; /* EOF */
+			if (reading && saved == 0)
+				return 0; /* EOF without close_notify */
+			errno = saved ? saved : EPIPE;
 			return -1;
 		}
 		/* fall through */
@@ -231,7 +237,7 @@ ssize_t cl_conn_readv(struct cl_conn *cn, const struct iovec *iov, int k)
 			errno = 0;
 			int r = SSL_read_ex(cn->ssl, p, want, &got);
 			if (r != 1)
-				return tls_io_fail(cn, r, done);
+				return tls_io_fail(cn, r, done, 1);
 			p += got;
 			want -= got;
 			done += got;
@@ -259,7 +265,7 @@ ssize_t cl_conn_sendv(struct cl_conn *cn, const struct iovec *iov, int k)
 			errno = 0;
 			int r = SSL_write_ex(cn->ssl, p, left, &put);
 			if (r != 1)
-				return tls_io_fail(cn, r, done);
+				return tls_io_fail(cn, r, done, 0);
 			p += put;
 			left -= put;
 			done += put;

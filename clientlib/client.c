@@ -129,8 +129,18 @@ static void client_free_fields(s3dlio_client *c)
 }
 
 static int client_set_options(s3dlio_client *c, const char *url, const s3dlio_options *opts,
-                              s3dlio_error *err)
+                              int routes_only, s3dlio_error *err)
 {
+	const char *lw = getenv("S3DLIO_RCVLOWAT");
+	char *end = NULL;
+	unsigned long v = lw && *lw ? strtoul(lw, &end, 10) : CL_DEFAULT_RCVLOWAT;
+	if (lw && *lw && (*end || v > CL_MAX_RCVLOWAT)) {
+		cl_err(err, S3DLIO_E_INVALID,
+		       "S3DLIO_RCVLOWAT=%.40s: not a byte count from 0 (off) to %u", lw,
+		       CL_MAX_RCVLOWAT);
+		return S3DLIO_E_INVALID;
+	}
+	c->rcvlowat = (unsigned)v;
 	c->max_conns = opts && opts->max_connections ? opts->max_connections : CL_DEFAULT_CONNS;
 	c->connect_timeout_ms =
 	    opts && opts->connect_timeout_ms ? opts->connect_timeout_ms : CL_DEFAULT_CONNECT_MS;
@@ -150,8 +160,11 @@ static int client_set_options(s3dlio_client *c, const char *url, const s3dlio_op
 		}
 	}
 	cl_tls_wanted(url, &c->tls);
-	if (c->tls && !c->is_unix && cl_tls_ctx_new(c, err))
-		return err->code;
+	if (c->tls && !c->is_unix && !routes_only) {
+		int r = cl_tls_ctx_new(c, err);
+		if (r)
+			return r;
+	}
 	atomic_init(&c->stats.requests, 0);
 	atomic_init(&c->stats.errors, 0);
 	atomic_init(&c->stats.bytes_received, 0);
@@ -177,7 +190,7 @@ s3dlio_client *cl_client_new_one(const char *url, const s3dlio_options *opts, in
 		free(c);
 		return NULL;
 	}
-	if (cl_conn_parse_url(c, url, err) || client_set_options(c, url, opts, err)) {
+	if (cl_conn_parse_url(c, url, err) || client_set_options(c, url, opts, 0, err)) {
 		client_free_fields(c);
 		return NULL;
 	}
@@ -214,7 +227,7 @@ S3DLIO_API s3dlio_client *s3dlio_client_new(const char *url, const s3dlio_option
 		c = NULL;
 		goto done;
 	}
-	if (client_set_options(c, url, opts, err)) {
+	if (client_set_options(c, url, opts, 1, err)) {
 		client_free_fields(c);
 		c = NULL;
 		goto done;

@@ -198,3 +198,27 @@ def test_put_stat_delete_follow_the_route(s3dlio_mod, new_server, data, tmp_path
         assert bytes(s3dlio_mod.get(uri)) == payload
         s3dlio_mod.delete(uri)
         assert not s3dlio_mod.exists(uri)
+
+
+def test_a_server_that_never_answers_is_passed_over(s3dlio_mod, new_server, data):
+    """A listener that accepts TCP connections but never answers HELLO (a hung server): the
+    client's connect times out and the requests move to the next server."""
+    import socket
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    try:
+        good = _servers(new_server, 1)[0]
+        url = f"tcp://127.0.0.1:{hung.getsockname()[1]},{good.tcp_url}"
+        s3dlio_mod.connect(url)  # succeeds: one server answers
+        time.sleep(1.2)  # past the 1 s the failed probe avoids it: the next call tries it
+        uris = _uris(data, 60)
+        for _ in range(2):
+            got = s3dlio_mod.get_many(uris)
+            assert [bytes(v) for _, v in got] == [data.bytes(data.small_rel(i))
+                                                  for i in range(60)]
+        _wait_logged([good], 120)
+        assert len(_served(good)) == 120
+    finally:
+        hung.close()
+        s3dlio_mod.connect(None)
