@@ -51,11 +51,15 @@ struct cache_job {
 	struct cache_entry *en;    /* WRITE: the evicted entry; LOAD: the entry to fill (refs) */
 	struct cache_disk_ent *de; /* LOAD */
 	uint64_t fileno;           /* UNLINK */
+	uint64_t inval_seq;        /* WRITE: c->inval_seq when queued */
 	struct cache_job *next;
 };
 
 struct cache {
 	pthread_mutex_t mu;
+	/* bumped by every invalidation (PUT, DELETE, a changed etag): a disk write queued before
+	 * one may hold bytes the invalidation was meant to drop, so it is not indexed */
+	uint64_t inval_seq;
 	struct cache_entry **tab;
 	uint32_t tab_size; /* power of two */
 	/* S3-FIFO over the READY and BYPASS entries in the table; heads: newest */
@@ -181,6 +185,7 @@ static int cache_job(struct cache *c, int kind, struct cache_entry *en, struct c
 	j->en = en;
 	j->de = de;
 	j->fileno = fileno;
+	j->inval_seq = c->inval_seq; /* callers hold mu */
 	if (en)
 		cache_entry_ref(en);
 	cache_push_job(c, j);
@@ -348,6 +353,8 @@ static void cache_demote(struct cache *c, struct cache_entry *en)
 	if (de && de->size == en->size && de->crc == en->crc) {
 		TAILQ_REMOVE(&c->dlru, de, lru);
 		TAILQ_INSERT_HEAD(&c->dlru, de, lru);
+		de->validated_ns = en->validated_ns; /* revalidated in memory since it was written */
+		de->info = en->info;
 		return;
 	}
 	cache_job(c, CACHE_JOB_WRITE, en, NULL, 0);
@@ -627,6 +634,7 @@ void cache_revalidated(struct cache_entry *en, const struct backend_info *info, 
 		en->validated_ns = now_ns;
 	} else {
 		c->st.revalidated_changed++;
+		c->inval_seq++;
 		en->invalidated = 1;
 		cache_disk_drop_key(c, en->key);
 		cache_remove(c, en);
@@ -642,6 +650,7 @@ void cache_invalidate(struct cache *c, const char *key)
 	if (!c)
 		return;
 	pthread_mutex_lock(&c->mu);
+	c->inval_seq++;
 	cache_disk_drop_key(c, key);
 	struct cache_entry *en = cache_find(c, key);
 	if (en) {
@@ -737,7 +746,7 @@ static void cache_disk_unlink(struct cache *c, uint64_t fileno)
 }
 
 /* Write an evicted entry's bytes to a new file and index it. */
-static void cache_disk_write(struct cache *c, struct cache_entry *en)
+static void cache_disk_write(struct cache *c, struct cache_entry *en, uint64_t inval_seq)
 {
 	char name[32];
 	pthread_mutex_lock(&c->mu);
@@ -767,8 +776,11 @@ static void cache_disk_write(struct cache *c, struct cache_entry *en)
 	pthread_mutex_lock(&c->mu);
 	if (!de) {
 		c->st.disk_errors++;
-	} else if (en->invalidated) {
-		cache_disk_ent_free(de); /* changed while we wrote it */
+	} else if (en->invalidated || inval_seq != c->inval_seq ||
+	           (cache_find(c, en->key) && cache_find(c, en->key) != en)) {
+		/* changed while we wrote it, possibly after it left the table (an invalidation
+		 * since the job was queued), or a newer copy is in memory: not indexed */
+		cache_disk_ent_free(de);
 		de = NULL;
 	} else {
 		cache_disk_drop_key(c, en->key);
@@ -881,7 +893,7 @@ static void *cache_disk_main(void *arg)
 			continue;
 		}
 		switch (j->kind) {
-		case CACHE_JOB_WRITE: cache_disk_write(c, j->en); break;
+		case CACHE_JOB_WRITE: cache_disk_write(c, j->en, j->inval_seq); break;
 		case CACHE_JOB_LOAD:
 			cache_entry_ref(j->en); /* cache_fill_done drops one: the fetcher's */
 			cache_disk_load(c, j->en, j->de);

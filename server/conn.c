@@ -14,6 +14,7 @@
  * END frames are swallowed and the stream stays in sync. */
 #include "conn.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -80,7 +81,8 @@ struct req {
 	struct cache_waiter cw; /* waiting on an entry */
 	int waiting;            /* cw is queued (counted in n_waiting) */
 	uint64_t want_off, want_len;
-	int tenant_counted; /* counted in its tenant's requests in flight */
+	struct tenant *tenant; /* counted in this tenant's requests in flight (NULL: not): the
+	                        * connection's tenant may change on SIGHUP before the request ends */
 };
 
 TAILQ_HEAD(req_queue, req);
@@ -350,9 +352,9 @@ static void conn_req_release(struct conn *c, struct req *r)
 		cache_entry_unref(r->ce);
 		r->ce = NULL;
 	}
-	if (r->tenant_counted) {
-		r->tenant_counted = 0;
-		tenant_req_leave(c->tenant);
+	if (r->tenant) {
+		tenant_req_leave(r->tenant);
+		r->tenant = NULL;
 	}
 	if (!r->discard) {
 		c->n_active--;
@@ -412,6 +414,24 @@ static void conn_count_sent(struct conn *c, struct req *r, uint64_t n)
 		metrics_add(&c->env->metrics->bytes_sent[r->backend], n);
 	if (c->tenant)
 		tenant_charge(c->tenant, n);
+}
+
+/* The cache key of a remote URI: the scheme lower-cased, with gcs:// spelled gs://, and the
+ * rest as sent (uri_parse keeps remote paths verbatim). Every spelling of one object is then
+ * one entry, and a PUT or DELETE under any spelling drops it. */
+static const char *conn_cache_key(const char *uri, char *buf, size_t cap)
+{
+	const char *sep = strstr(uri, "://");
+	size_t n = sep ? (size_t)(sep - uri) : 0;
+	if (!sep || n >= 8 || strlen(sep) + 8 >= cap)
+		return uri;
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (char)tolower((unsigned char)uri[i]);
+	buf[n] = '\0';
+	if (strcmp(buf, "gcs") == 0)
+		n = 2; /* "gs" */
+	snprintf(buf + n, cap - n, "%s", sep);
+	return buf;
 }
 
 /* A DATA header went out without its payload, which would desynchronise the stream: the
@@ -673,8 +693,11 @@ static void conn_a_done(void *arg, int rc, const struct err *e)
 	c->n_async--;
 	metrics_backend_done(c->env->metrics, r->backend, metrics_op_of(r->type),
 	                     metrics_now_ns() - r->t0, rc == 0);
-	if ((r->type == WIRE_PUT || r->type == WIRE_DELETE) && c->env->cache)
-		cache_invalidate(c->env->cache, r->uri); /* a GET may have refilled it meanwhile */
+	if ((r->type == WIRE_PUT || r->type == WIRE_DELETE) && c->env->cache) {
+		char key[WIRE_MAX_URI + 16];
+		/* a GET may have refilled it meanwhile */
+		cache_invalidate(c->env->cache, conn_cache_key(r->uri, key, sizeof(key)));
+	}
 	if (r->paused) {
 		r->paused = 0;
 		c->n_paused--;
@@ -878,7 +901,9 @@ static void conn_c_lookup(struct conn *c, struct req *r)
 	struct err e;
 	struct cache_entry *en = NULL;
 	struct uri *u = NULL;
-	int act = cache_get(c->env->cache, r->uri, (int64_t)metrics_now_ns(), &r->cw, &en);
+	char key[WIRE_MAX_URI + 16];
+	int act = cache_get(c->env->cache, conn_cache_key(r->uri, key, sizeof(key)),
+	                    (int64_t)metrics_now_ns(), &r->cw, &en);
 	switch (act) {
 	case CACHE_HIT:
 		r->ce = en;
@@ -1034,7 +1059,8 @@ static void conn_do_delete(struct conn *c, const struct wire_frame *f, const str
 {
 	struct err e;
 	if (ops->async) {
-		cache_invalidate(c->env->cache, u->text);
+		char key[WIRE_MAX_URI + 16];
+		cache_invalidate(c->env->cache, conn_cache_key(u->text, key, sizeof(key)));
 		struct req *r = conn_req_new(c, f, u->text, ops, &e);
 		if (!r)
 			conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
@@ -1081,7 +1107,8 @@ static void conn_do_put(struct conn *c, const struct wire_frame *f, const struct
 	}
 	r->put_size = f->size;
 	if (ops->async) {
-		cache_invalidate(c->env->cache, u->text);
+		char key[WIRE_MAX_URI + 16];
+		cache_invalidate(c->env->cache, conn_cache_key(u->text, key, sizeof(key)));
 		conn_a_start(c, r, f, u);
 		return;
 	}
@@ -1183,6 +1210,7 @@ static void conn_request(struct conn *c, const struct wire_frame *f)
 		conn_refuse(c, f, text, e.code, retry_ms, e.msg);
 		goto done;
 	}
+	struct tenant *counted = c->tenant; /* the do_* calls below may not change it */
 	log_write(c->env->log, LOGL_DEBUG, "conn=%s id=%" PRIu64 " op=%s uri=%s", c->peer, f->id,
 	          wire_type_str(f->type), text);
 	if (c->env->metrics)
@@ -1197,14 +1225,14 @@ static void conn_request(struct conn *c, const struct wire_frame *f)
 	case WIRE_PUT: conn_do_put(c, f, u, ops); break;
 	case WIRE_PREFETCH: conn_do_prefetch(c, f, u, ops); break;
 	}
-	if (c->tenant) {
+	if (counted) {
 		/* the request's table entry carries the tenant's count from here; one that ended
 		 * at once (a STAT of a file, a refused PUT) gives it back now */
 		struct req *r = conn_find(c, f->id);
 		if (r && !r->discard)
-			r->tenant_counted = 1;
+			r->tenant = counted;
 		else
-			tenant_req_leave(c->tenant);
+			tenant_req_leave(counted);
 	}
 done:
 	free(u);

@@ -12,6 +12,10 @@
  * only for files whose mtime and ctime are at least CRCCACHE_SETTLE_NS older than the moment
  * the CRC was finished, and only if a second fstat still gives the same key.
  *
+ * Not covered: a file changed through a shared writable mapping keeps its timestamps until
+ * writeback (the kernel stamps only the first write fault of a clean page). A client then
+ * gets a CRC32C mismatch error for that GET, never bytes passed off as verified.
+ *
  * One table per server, shared by the worker threads under a mutex (a lookup and an insert
  * per whole-object GET: negligible next to the GET). Four-way set associative; a full set
  * loses its least recently used entry. */

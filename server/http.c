@@ -270,6 +270,8 @@ static int http_attempt(struct http_call *c, struct err *e)
 	c->ebody_len = 0;
 	c->errbuf[0] = '\0';
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, c);
+	/* send the path as built: never let libcurl resolve "." or ".." segments of a key */
+	curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, http_write_cb);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, c);
 	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, http_header_cb);

@@ -102,6 +102,20 @@ int uri_parse(const char *s, size_t len, struct uri *u, struct err *e)
 	}
 	if (rlen == 0 || rest[0] == '/')
 		return err_set(e, WIRE_E_INVALID, "%s: no bucket", u->text);
+	/* An object key may hold "." and ".." segments, but HTTP stacks resolve them in the
+	 * request URL (libcurl does), so "b/team-a/../team-b/k" would read team-b/k past an
+	 * --allow or token prefix that checked team-a/. Such keys are refused, not served. */
+	for (size_t i = 0; i < rlen;) {
+		size_t a = i;
+		while (i < rlen && rest[i] != '/')
+			i++;
+		if ((i - a == 1 && rest[a] == '.') || (i - a == 2 && rest[a] == '.' && rest[a + 1] == '.'))
+			return err_set(e, WIRE_E_INVALID,
+			               "%s: key contains a '%.*s' segment (not served: the store's URL "
+			               "would name another object)",
+			               u->text, (int)(i - a), rest + a);
+		i++;
+	}
 	memcpy(u->path, rest, rlen);
 	u->path[rlen] = '\0';
 	u->path_len = rlen;

@@ -393,3 +393,30 @@ def test_cache_scan_does_not_push_out_shared_objects(emu, boto, servers, s3dlio_
     m = s3dtest.scrape(srv)
     assert s3dtest.metric(m, "s3dliod_cache_evictions_total") == 13 - 5
     assert s3dtest.metric(m, "s3dliod_cache_bytes") <= 1 << 20
+
+
+def test_dot_segments_in_remote_keys_are_refused(emu, servers, s3dlio_mod):
+    """libcurl would resolve "a/../b" in the request URL: such keys would read past an
+    --allow or token prefix, so the server refuses them by name."""
+    srv = servers(emu, ["--cache-mem", "16m"])
+    s3dlio_mod.connect(srv.tcp_url)
+    for bad in (f"s3://{BUCKET}/a/../b.bin", f"s3://{BUCKET}/./b.bin", f"s3://{BUCKET}/a/.."):
+        with pytest.raises(ValueError, match="segment"):
+            s3dlio_mod.get(bad)
+        with pytest.raises(ValueError, match="segment"):
+            s3dlio_mod.put_bytes(bad, b"x")
+    assert _reads(srv) == 0
+
+
+def test_every_spelling_of_an_object_is_one_cache_entry(emu, boto, servers, s3dlio_mod):
+    """S3:// and s3:// name the same object: a DELETE under one spelling drops the entry a
+    GET under the other filled."""
+    boto.put_object(Bucket=BUCKET, Key="spell/obj.bin", Body=b"hello")
+    srv = servers(emu, ["--cache-mem", "16m", "--cache-validate", "3600"])
+    s3dlio_mod.connect(srv.tcp_url)
+    assert bytes(s3dlio_mod.get(_uri("spell/obj.bin"))) == b"hello"
+    assert bytes(s3dlio_mod.get(f"S3://{BUCKET}/spell/obj.bin")) == b"hello"
+    assert _reads(srv) == 1  # one entry for both spellings
+    s3dlio_mod.delete(f"S3://{BUCKET}/spell/obj.bin")
+    with pytest.raises(FileNotFoundError):
+        s3dlio_mod.get(_uri("spell/obj.bin"))

@@ -245,3 +245,37 @@ def test_without_token_file_only_local_peers(new_server, data):
             assert w.wait_closed() == []
     finally:
         assert srv.stop() == 0, srv.stderr_tail()
+
+
+def test_moving_a_token_to_another_tenant_keeps_both_counts(tok_server, data, tmp_path,
+                                                           big_file):
+    """A request in flight when SIGHUP moves its token to another tenant is given back to
+    the tenant that counted it: neither tenant's in-flight gauge drifts."""
+    rel = big_file[0]
+    w = s3dtest.WireConn(tok_server.address())
+    w.hello(token=RW_TOKEN)
+    # a large GET we do not read: it stays in flight, counted against team-a
+    w.send([s3dtest.GET, 1, data.uri(rel), 0, None])
+    _token_file(tmp_path, data, [f"{RW_TOKEN} team-z rw {data.uri('scratch')}/,"
+                                 f"{data.uri('tree')}/,{data.uri('big')}/"])
+    n_before = sum("token file reloaded" in line for line in tok_server.log)
+    tok_server.signal(signal.SIGHUP)
+    deadline = time.monotonic() + POLL_LIMIT
+    while sum("token file reloaded" in line for line in tok_server.log) == n_before:
+        assert time.monotonic() < deadline, tok_server.stderr_tail()
+        time.sleep(0.02)
+    w.send([s3dtest.STAT, 2, data.uri("tree/a.bin")])  # the connection now belongs to team-z
+    w.close()  # ends both requests
+
+    def gauge(tenant):
+        return s3dtest.metric(s3dtest.scrape(tok_server), "s3dliod_tenant_requests_in_flight",
+                              tenant=tenant)
+    deadline = time.monotonic() + POLL_LIMIT
+    while gauge("team-a") != 0 or gauge("team-z") != 0:
+        assert time.monotonic() < deadline, (gauge("team-a"), gauge("team-z"))
+        time.sleep(0.05)
+    # team-z is not left at a wrapped count: its requests are served
+    with s3dtest.WireConn(tok_server.address()) as w2:
+        w2.hello(token=RW_TOKEN)
+        r = w2.get(data.uri("tree/a.bin"), rid=1)
+        assert r.error is None and r.data == data.bytes("tree/a.bin"), r.error
