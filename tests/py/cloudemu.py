@@ -126,6 +126,18 @@ def s3_env(endpoint, key=S3RVER_KEY, secret=S3RVER_SECRET, **extra):
     return env
 
 
+def boto_s3(endpoint):
+    """boto3's S3 client for an s3rver endpoint: the independent client the tests compare
+    s3dlio with (path-style, no retries, so a failure shows). Skips without boto3."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed "
+                                "(deploy/install-deps.sh installs python3-boto3)")
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3RVER_KEY, aws_secret_access_key=S3RVER_SECRET,
+                        config=Config(s3={"addressing_style": "path"},
+                                      retries={"max_attempts": 1}))
+
+
 # small sizes so the tests exercise multipart and paging quickly
 CLOUD_FLAGS = ["--multipart-threshold", "6m", "--part-size", "5m", "--parts-in-flight", "2",
                "--retries", "3", "--retry-base-ms", "50", "--list-page-size", "5",

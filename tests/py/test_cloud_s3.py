@@ -46,14 +46,7 @@ def s3c(s3dlio_mod, srv):
 
 @pytest.fixture(scope="module")
 def boto(emu):
-    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed "
-                                "(tests/emulators/install.sh installs python3-boto3)")
-    from botocore.config import Config
-    return boto3.client("s3", endpoint_url=emu.endpoint, region_name="us-east-1",
-                        aws_access_key_id=cloudemu.S3RVER_KEY,
-                        aws_secret_access_key=cloudemu.S3RVER_SECRET,
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1}))
+    return cloudemu.boto_s3(emu.endpoint)
 
 
 def _uri(key):

@@ -29,13 +29,7 @@ def emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def boto(emu):
-    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
-    from botocore.config import Config
-    return boto3.client("s3", endpoint_url=emu.endpoint, region_name="us-east-1",
-                        aws_access_key_id=cloudemu.S3RVER_KEY,
-                        aws_secret_access_key=cloudemu.S3RVER_SECRET,
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1}))
+    return cloudemu.boto_s3(emu.endpoint)
 
 
 class Gate:
