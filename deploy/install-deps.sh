@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libevent-dev libcurl4-openssl-dev libssl-dev libmsgpack-dev libcmocka-dev
-  libisal-dev liburing-dev libjansson-dev libexpat1-dev
+  libisal-dev liburing-dev libjansson-dev libexpat1-dev libzstd-dev
   python3 python3-dev python3-venv python3-pip python3-numpy python3-pytest
   python3-pytest-timeout python3-msgpack python3-psutil python3-torch
   python3-boto3 python3-requests python3-yaml openssl

@@ -5,136 +5,84 @@ buffer protocol: ``np.frombuffer(view.memoryview())``) or into the caller's own 
 (``get_into``). Which server: ``connect(url)`` if called, else ``S3DLIO_SERVER``, else a private
 ``s3dliod`` started on first use (see ``s3dlio._server``).
 
-This layer stays thin: argument checks and the URI bookkeeping of list/delete; every byte moves
-in the C extension with the GIL released.
+The whole API of the original 0.9.1 is here (pyext/API.md lists it with every deliberate
+difference), beside the seed's zero-copy calls. Each part lives in its own module:
+
+    _ops          storage calls (get, put_bytes, list, stat, delete, upload/download, ...)
+    _aio          their async twins (get_many_async, stat_async, ...)
+    _oplog        init_logging and the op-log
+    _checkpoint   checkpoints (PyCheckpointStore = CheckpointStore, ...)
+    _dataset      datasets and loaders (create_dataset, create_async_loader, ...)
+    _writers      streaming writers (PyWriterOptions, create_*_writer, MultipartUploadWriter)
+    _formats      read_npz and the TFRecord index functions
+    _datagen      data generation (put, put_async, put_many, generate_data, ...)
+    torch         PyTorch datasets, imported on first use of s3dlio.torch or its names
+    jax_tf        JAX / TensorFlow helpers, likewise
+
+Errors: every failure is an ``s3dlio.Error`` (a RuntimeError, as the original raises); the
+precise ones are also the builtin that names the cause (``NotFoundError`` is a
+FileNotFoundError, ...).
 """
 
-import re as _re
+import importlib as _importlib
 
-from ._core import BytesView, Client, Error, crc32c
+from . import _core
+from ._core import (BytesView, Client, Error, InvalidArgumentError, NotFoundError,
+                    PermissionDeniedError, RequestTimeoutError, ServerConnectionError,
+                    crc32c)
 from ._server import connect
-from ._server import client as _client
-from ._checkpoint import (CheckpointError, CheckpointReader, CheckpointStore, CheckpointWriter,
-                          ObjectReader, ObjectWriter, load_checkpoint,
-                          load_checkpoint_with_validation, open_reader, open_writer,
-                          save_checkpoint)
-from ._dataset import PyBytesAsyncDataLoader, PyDataset, create_async_loader, create_dataset
 
 __version__ = "0.9.1"
 
-__all__ = [
-    "BytesView", "Client", "Error", "connect", "delete", "exists", "get", "get_into",
-    "get_many", "get_object", "get_range", "list", "prefetch", "put_bytes", "stat", "stats",
-    "__version__", "crc32c",
-    "CheckpointError", "CheckpointReader", "CheckpointStore", "CheckpointWriter",
-    "ObjectReader", "ObjectWriter", "load_checkpoint", "load_checkpoint_with_validation",
-    "open_reader", "open_writer", "save_checkpoint",
-    "PyBytesAsyncDataLoader", "PyDataset", "create_async_loader", "create_dataset",
-]
+__all__ = ["BytesView", "Client", "Error", "NotFoundError", "PermissionDeniedError",
+           "InvalidArgumentError", "ServerConnectionError", "RequestTimeoutError", "connect",
+           "crc32c", "__version__"]
 
-
-def get(uri):
-    """The whole object at uri, as a BytesView (zero-copy)."""
-    return _client().get(uri)
-
-
-def get_range(uri, offset, length=None):
-    """length bytes of the object at uri from offset (None: to the end), as a BytesView.
-    An offset past the end raises ValueError."""
-    if offset is None:
-        raise TypeError("offset must be an int, not None")
-    return _client().get(uri, offset, length)
-
-
-def get_many(uris, max_in_flight=64):
-    """[(uri, BytesView)] for every URI, in input order, fetched pipelined with at most
-    max_in_flight requests outstanding. The first failure (in input order) raises, naming
-    its URI."""
-    return _client().get_many(uris, max_in_flight)
-
-
-def prefetch(uris, max_in_flight=64):
-    """Warm the server's object cache for a coming epoch: the server fetches every URI into its
-    cache (one backend read per object, shared with any GET of it already running) and this
-    returns once all are cached, with the number of bytes cached. URIs the server does not
-    cache (local files, a server without --cache-mem, objects over its size limit) count 0.
-    With several servers, each URI warms the server that will serve it. The first failure
-    (in input order) raises, naming its URI."""
-    return _client().prefetch(uris, max_in_flight)
-
-
-def get_object(bucket, key):
-    """get(f"s3://{bucket}/{key}") (the legacy S3 call)."""
-    if not isinstance(bucket, str) or not isinstance(key, str):
-        raise TypeError("bucket and key must be str")
-    if not bucket or "/" in bucket:
-        raise ValueError("bucket must be a non-empty name without '/': %r" % bucket)
-    if not key:
-        raise ValueError("key must not be empty")
-    return _client().get("s3://" + bucket + "/" + key)
-
-
-def get_into(uri, buffer, offset=0, length=None):
-    """Receives the object at uri (or length bytes from offset) into buffer, any writable
-    C-contiguous buffer; returns the bytes written. A buffer too small raises ValueError."""
-    return _client().get_into(uri, buffer, offset, length)
-
-
-def put_bytes(uri, data):
-    """Stores data (any contiguous buffer, sent without a copy) at uri; returns once the
-    server stored and verified the whole object."""
-    _client().put_bytes(uri, data)
-
-
-def stat(uri):
-    """dict(size, last_modified, mtime_ns, etag, content_type, metadata) of the object."""
-    return _client().stat(uri)
-
-
-def exists(uri):
-    """True when an object is at uri."""
+# Each module says what it adds to the package (its __all__); later modules do not shadow
+# earlier ones.
+for _name in ("_ops", "_aio", "_oplog", "_checkpoint", "_dataset", "_writers", "_formats",
+              "_datagen"):
     try:
-        _client().stat(uri)
-    except FileNotFoundError:
-        return False
-    return True
+        _mod = _importlib.import_module("." + _name, __name__)
+    except ModuleNotFoundError as _e:
+        if _e.name != __name__ + "." + _name:
+            raise
+        continue  # a module this build does not have
+    for _n in getattr(_mod, "__all__", ()):
+        if _n not in __all__:
+            globals()[_n] = getattr(_mod, _n)
+            __all__.append(_n)
+del _name, _mod, _n
+
+# Imported on first use (PEP 562): PyTorch, JAX and TensorFlow are heavy, and optional.
+_LAZY = {
+    "torch": ("torch", None),
+    "S3IterableDataset": ("torch", "S3IterableDataset"),
+    "S3MapDataset": ("torch", "S3MapDataset"),
+    "ObjectStoreIterableDataset": ("torch", "ObjectStoreIterableDataset"),
+    "ObjectStoreMapDataset": ("torch", "ObjectStoreMapDataset"),
+    "jax_tf": ("jax_tf", None),
+    "S3JaxIterable": ("jax_tf", "S3JaxIterable"),
+    "JaxIterable": ("jax_tf", "JaxIterable"),
+    "make_tf_dataset": ("jax_tf", "make_tf_dataset"),
+}
+__all__ += [k for k in _LAZY if k not in ("torch", "jax_tf")]
 
 
-def list(uri, recursive=False, pattern=None):  # noqa: A001 (the s3dlio name)
-    """Full URIs under uri, sorted. Non-recursive listings include "sub-directories" as URIs
-    ending in '/'. pattern: a regex (str or compiled) searched in each URI."""
-    if pattern is not None and not hasattr(pattern, "search"):
-        if not isinstance(pattern, str):
-            raise TypeError("pattern must be a str regex or None, not %s"
-                            % type(pattern).__name__)
-        try:
-            pattern = _re.compile(pattern)
-        except _re.error as e:
-            raise ValueError("pattern is not a valid regex: %r: %s" % (pattern, e)) from None
-    uris = _client().list(uri, bool(recursive))
-    if pattern is not None:
-        uris = [u for u in uris if pattern.search(u)]
-    uris.sort()
-    return uris
+def __getattr__(name):
+    spec = _LAZY.get(name)
+    if spec is None:
+        raise AttributeError("module 's3dlio' has no attribute %r" % name)
+    modname, attr = spec
+    try:
+        mod = _importlib.import_module("." + modname, __name__)
+    except ImportError as e:
+        raise AttributeError("s3dlio.%s needs %s, which cannot be imported here: %s"
+                             % (name, "PyTorch" if modname == "torch" else "numpy", e)) from e
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
 
 
-def delete(uri, recursive=False):
-    """Deletes the object at uri; recursive=True deletes every object under the prefix."""
-    c = _client()
-    if not recursive:
-        c.delete(uri)
-        return
-    for u in sorted(c.list(uri, True)):
-        if u.endswith("/"):
-            continue
-        try:
-            c.delete(u)
-        except FileNotFoundError:
-            pass  # deleted meanwhile: the goal holds
-
-
-def stats():
-    """Counters of this process's client: requests, errors, bytes_received, bytes_direct,
-    bytes_copied, bytes_sent, connects, reconnects, busy_retries."""
-    return _client().stats()
-
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,6 +9,7 @@ URL but opens its own connections; it never starts or stops its parent's embedde
 """
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,11 @@ import tempfile
 import threading
 import time
 
+from . import _oplog
 from ._core import Client
+from ._core import ServerConnectionError as _ConnErr
+
+_log = logging.getLogger("s3dlio")
 
 _ENV_SERVER = "S3DLIO_SERVER"
 _ENV_DAEMON = "S3DLIOD"
@@ -80,7 +85,7 @@ def find_daemon():
     found = shutil.which("s3dliod")
     if found:
         return found
-    raise ConnectionError(
+    raise _ConnErr(
         "s3dlio: no server configured and no s3dliod to start: set S3DLIO_SERVER "
         "(tcp://HOST:PORT or unix:///PATH), call s3dlio.connect(url), or set S3DLIOD to the "
         "s3dliod binary (looked in %s and on PATH)" % here)
@@ -150,7 +155,7 @@ def start_embedded():
                                     close_fds=True, start_new_session=True)
     except OSError as e:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise ConnectionError("s3dlio: cannot start the embedded server %s: %s" % (daemon, e))
+        raise _ConnErr("s3dlio: cannot start the embedded server %s: %s" % (daemon, e))
     emb = _Embedded(proc, workdir, url, log_path)
     deadline = time.monotonic() + _START_TIMEOUT
     delay = 0.002
@@ -160,7 +165,7 @@ def start_embedded():
         if rc is not None:
             tail = _log_tail(log_path)
             emb.stop()
-            raise ConnectionError("s3dlio: the embedded server %s exited with status %s "
+            raise _ConnErr("s3dlio: the embedded server %s exited with status %s "
                                   "before listening; its log ends:\n%s" % (daemon, rc, tail))
         ready = False
         try:
@@ -176,7 +181,7 @@ def start_embedded():
         if time.monotonic() > deadline:
             tail = _log_tail(log_path)
             emb.stop()
-            raise ConnectionError("s3dlio: the embedded server %s did not start within %.0f s "
+            raise _ConnErr("s3dlio: the embedded server %s did not start within %.0f s "
                                   "(%s); its log ends:\n%s"
                                   % (daemon, _START_TIMEOUT, last_err or "no socket", tail))
         time.sleep(delay)
@@ -230,7 +235,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def client():
-    """The Client of the module-level functions, created on first use."""
+    """The Client of the module-level functions, created on first use (while an op-log is
+    active, a wrapper of it that records every call: see _oplog)."""
+    return _oplog.wrap(raw_client())
+
+
+def raw_client():
+    """The _core.Client itself (for C code that needs the real object, e.g. Prefetcher)."""
     c = _state.client
     if c is not None and _state.pid == os.getpid():
         return c
@@ -248,8 +259,11 @@ def client():
         if env:
             _state.client = _new_client(env)
             _state.url = env
+            _log.info("using the server(s) of %s: %s", _ENV_SERVER, env)
             return _state.client
         emb, c = start_embedded()
+        _log.info("started the embedded server %s (pid %d, log %s)", emb.url, emb.proc.pid,
+                  emb.log_path)
         _state.embedded = emb
         _state.url = emb.url
         _state.client = c

@@ -721,6 +721,52 @@ static PyObject *bytesview_richcompare(PyObject *self, PyObject *other, int op)
 	return PyBool_FromLong(eq);
 }
 
+/* iteration and `x in view` (the sequence protocol): the byte at i as an int */
+static PyObject *bytesview_item(bytesview_object *self, Py_ssize_t i)
+{
+	if (i < 0 || i >= self->size) {
+		PyErr_SetString(PyExc_IndexError, "BytesView index out of range");
+		return NULL;
+	}
+	return PyLong_FromLong((unsigned char)self->data[i]);
+}
+
+/* view[i] is an int and view[a:b:c] is bytes, as for bytes (the copy is the slice's only);
+ * for a zero-copy slice take view.memoryview()[a:b]. */
+static PyObject *bytesview_subscript(bytesview_object *self, PyObject *key)
+{
+	if (PyIndex_Check(key)) {
+		Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+
+		if (i == -1 && PyErr_Occurred())
+			return NULL;
+		if (i < 0)
+			i += self->size;
+		return bytesview_item(self, i);
+	}
+	if (PySlice_Check(key)) {
+		Py_ssize_t start, stop, step, n, i, j;
+		PyObject *out;
+		char *dst;
+
+		if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+			return NULL;
+		n = PySlice_AdjustIndices(self->size, &start, &stop, step);
+		if (step == 1)
+			return PyBytes_FromStringAndSize(self->data + start, n);
+		out = PyBytes_FromStringAndSize(NULL, n);
+		if (out == NULL)
+			return NULL;
+		dst = PyBytes_AS_STRING(out);
+		for (i = 0, j = start; i < n; i++, j += step)
+			dst[i] = self->data[j];
+		return out;
+	}
+	PyErr_Format(PyExc_TypeError, "BytesView indices must be integers or slices, not %.100s",
+	             Py_TYPE(key)->tp_name);
+	return NULL;
+}
+
 static PyObject *bytesview_memoryview(PyObject *self, PyObject *unused)
 {
 	(void)unused;
@@ -783,6 +829,8 @@ static PyType_Slot bytesview_slots[] = {
     {Py_tp_methods, bytesview_methods},
     {Py_sq_length, bytesview_len},
     {Py_mp_length, bytesview_len},
+    {Py_mp_subscript, bytesview_subscript},
+    {Py_sq_item, bytesview_item},
     {Py_bf_getbuffer, bytesview_getbuffer},
     {Py_bf_releasebuffer, bytesview_releasebuffer},
     {0, NULL},

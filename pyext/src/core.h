@@ -1,7 +1,8 @@
 /* core.h: what the parts of the extension module s3dlio._core share.
  *
- * module.c owns the module and its state (the heap types, s3dlio.Error) and the mapping of
- * S3DLIO_E_* codes to Python exceptions; bytesview.c owns BytesView and the aligned buffers
+ * module.c owns the module and its state (the heap types, s3dlio.Error and its precise
+ * subclasses) and the mapping of S3DLIO_E_* codes to Python exceptions; zstd.c owns the zstd
+ * helpers; bytesview.c owns BytesView and the aligned buffers
  * it adopts (and the pool that recycles large ones); client.c owns Client, the wrapper of
  * s3dlio_client. */
 #ifndef S3DLIO_PYEXT_CORE_H
@@ -40,6 +41,13 @@ typedef struct core_state {
 	PyTypeObject *client_type;
 	PyTypeObject *prefetcher_type;
 	PyObject *error; /* s3dlio.Error, a RuntimeError */
+	/* The precise errors: each both its builtin (FileNotFoundError, ...) and s3dlio.Error,
+	 * so code written for the original (which raises RuntimeError) still catches them. */
+	PyObject *not_found;  /* NotFoundError(FileNotFoundError, Error) */
+	PyObject *permission; /* PermissionDeniedError(PermissionError, Error) */
+	PyObject *invalid;    /* InvalidArgumentError(ValueError, Error) */
+	PyObject *connection; /* ServerConnectionError(ConnectionError, Error) */
+	PyObject *timeout;    /* RequestTimeoutError(TimeoutError, Error) */
 } core_state;
 
 /* The state of the module that defined type (types of this module are final, so the type
@@ -52,6 +60,13 @@ static inline core_state *core_state_of_type(PyTypeObject *type)
 /* Sets the exception that matches code with message msg, which should name uri; when it does
  * not, uri is put in front. Returns NULL so callers can `return core_raise(...)`. */
 PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri);
+
+/* ---- zstd.c ---- */
+
+PyObject *zstd_compress_py(PyObject *module, PyObject *args, PyObject *kwargs);
+PyObject *zstd_decompress_py(PyObject *module, PyObject *args, PyObject *kwargs);
+PyObject *zstd_decompress_view_py(PyObject *module, PyObject *args, PyObject *kwargs);
+int zstd_add_type(PyObject *module);
 
 /* ---- bytesview.c ---- */
 

@@ -1,5 +1,11 @@
 /* module.c: the module s3dlio._core (multi-phase init, module state as in CPython's
- * Modules/xxlimited.c), s3dlio.Error, and the mapping of client error codes to exceptions. */
+ * Modules/xxlimited.c), s3dlio.Error and its precise subclasses, and the mapping of client
+ * error codes to exceptions.
+ *
+ * Each precise class derives from a builtin (FileNotFoundError, PermissionError, ValueError,
+ * ConnectionError, TimeoutError) AND from s3dlio.Error (a RuntimeError): code written for the
+ * original s3dlio, which raises RuntimeError for every failure, keeps working, and code that
+ * wants the precise cause catches the builtin. */
 #include "core.h"
 
 #include <string.h>
@@ -9,14 +15,15 @@ PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri)
 	PyObject *exc;
 
 	switch (code) {
-	case S3DLIO_E_NOT_FOUND: exc = PyExc_FileNotFoundError; break;
-	case S3DLIO_E_PERMISSION: exc = PyExc_PermissionError; break;
+	case S3DLIO_E_NOT_FOUND: exc = st->not_found; break;
+	case S3DLIO_E_PERMISSION: exc = st->permission; break;
 	case S3DLIO_E_INVALID:
+	case S3DLIO_E_UNSUPPORTED: /* an unknown scheme: the URI as given cannot be served */
 	case S3DLIO_E_RANGE:
 	case S3DLIO_E_TOO_SMALL:
-	case S3DLIO_E_TOO_LARGE: exc = PyExc_ValueError; break;
-	case S3DLIO_E_CONNECTION: exc = PyExc_ConnectionError; break;
-	case S3DLIO_E_TIMEOUT: exc = PyExc_TimeoutError; break;
+	case S3DLIO_E_TOO_LARGE: exc = st->invalid; break;
+	case S3DLIO_E_CONNECTION: exc = st->connection; break;
+	case S3DLIO_E_TIMEOUT: exc = st->timeout; break;
 	default: exc = st->error; break;
 	}
 	if (msg == NULL || msg[0] == '\0')
@@ -32,6 +39,23 @@ PyObject *core_raise(core_state *st, int code, const char *msg, const char *uri)
 	return NULL;
 }
 
+/* One precise error class: name(builtin, s3dlio.Error), added to the module. */
+static int core_add_error(PyObject *module, core_state *st, PyObject **slot, const char *name,
+                          PyObject *builtin, const char *doc)
+{
+	char qual[64];
+	PyObject *bases = PyTuple_Pack(2, builtin, st->error);
+
+	if (bases == NULL)
+		return -1;
+	snprintf(qual, sizeof qual, "s3dlio.%s", name);
+	*slot = PyErr_NewExceptionWithDoc(qual, doc, bases, NULL);
+	Py_DECREF(bases);
+	if (*slot == NULL)
+		return -1;
+	return PyModule_AddObjectRef(module, name, *slot);
+}
+
 static int core_exec(PyObject *module)
 {
 	core_state *st = PyModule_GetState(module);
@@ -44,6 +68,24 @@ static int core_exec(PyObject *module)
 	if (st->error == NULL)
 		return -1;
 	if (PyModule_AddObjectRef(module, "Error", st->error) < 0)
+		return -1;
+	if (core_add_error(module, st, &st->not_found, "NotFoundError", PyExc_FileNotFoundError,
+	                   "No object at the URI (a FileNotFoundError and an s3dlio.Error).") < 0 ||
+	    core_add_error(module, st, &st->permission, "PermissionDeniedError",
+	                   PyExc_PermissionError,
+	                   "The server refused the URI or the token (a PermissionError and an "
+	                   "s3dlio.Error).") < 0 ||
+	    core_add_error(module, st, &st->invalid, "InvalidArgumentError", PyExc_ValueError,
+	                   "A malformed URI or argument, a range past the end, a buffer too small "
+	                   "(a ValueError and an s3dlio.Error).") < 0 ||
+	    core_add_error(module, st, &st->connection, "ServerConnectionError",
+	                   PyExc_ConnectionError,
+	                   "The server could not be reached or the connection broke (a "
+	                   "ConnectionError and an s3dlio.Error).") < 0 ||
+	    core_add_error(module, st, &st->timeout, "RequestTimeoutError", PyExc_TimeoutError,
+	                   "A request timed out (a TimeoutError and an s3dlio.Error).") < 0)
+		return -1;
+	if (zstd_add_type(module) < 0)
 		return -1;
 	if (bytesview_add_type(module, st) < 0)
 		return -1;
@@ -62,6 +104,11 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->client_type);
 	Py_VISIT(st->prefetcher_type);
 	Py_VISIT(st->error);
+	Py_VISIT(st->not_found);
+	Py_VISIT(st->permission);
+	Py_VISIT(st->invalid);
+	Py_VISIT(st->connection);
+	Py_VISIT(st->timeout);
 	return 0;
 }
 
@@ -73,6 +120,11 @@ static int core_clear(PyObject *module)
 	Py_CLEAR(st->client_type);
 	Py_CLEAR(st->prefetcher_type);
 	Py_CLEAR(st->error);
+	Py_CLEAR(st->not_found);
+	Py_CLEAR(st->permission);
+	Py_CLEAR(st->invalid);
+	Py_CLEAR(st->connection);
+	Py_CLEAR(st->timeout);
 	return 0;
 }
 
@@ -98,6 +150,16 @@ static PyMethodDef core_methods[] = {
      "_bytesview(buffer) -> BytesView: a copy of buffer (used to unpickle BytesView)."},
     {"crc32c", (PyCFunction)(void (*)(void))loader_crc32c, METH_VARARGS | METH_KEYWORDS,
      "crc32c(buffer, crc=0) -> int: the CRC32C (Castagnoli) of buffer, continuing from crc."},
+    {"zstd_compress", (PyCFunction)(void (*)(void))zstd_compress_py, METH_VARARGS | METH_KEYWORDS,
+     "zstd_compress(buffer, level=3) -> bytes: one zstd frame of buffer."},
+    {"zstd_decompress", (PyCFunction)(void (*)(void))zstd_decompress_py,
+     METH_VARARGS | METH_KEYWORDS,
+     "zstd_decompress(buffer, max_size=2**40) -> bytes: every zstd frame of buffer, "
+     "decompressed (ValueError when corrupt, truncated or larger than max_size)."},
+    {"zstd_decompress_view", (PyCFunction)(void (*)(void))zstd_decompress_view_py,
+     METH_VARARGS | METH_KEYWORDS,
+     "zstd_decompress_view(buffer, max_size=2**40) -> BytesView: as zstd_decompress, into "
+     "a BytesView (one copy: the decompression itself)."},
     {NULL, NULL, 0, NULL},
 };
 
