@@ -26,7 +26,8 @@ def test_dataset_prefix_items_and_keys(s3, prefix):
     ds = s3.create_dataset(prefix)
     uris = _expected(s3, prefix)
     assert len(ds) == len(uris) > 0
-    assert ds.keys() == ds.get_uris() == uris
+    assert ds.get_uris() == uris
+    assert ds.keys() == [u[len(prefix):] for u in uris]  # relative to the prefix
     item = ds.get_item(3)
     assert type(item) is bytes and item == s3.get(uris[3])
     assert ds[-1] == s3.get(uris[-1])
@@ -120,8 +121,10 @@ def test_loader_shards_cover_every_item_once(s3, prefix, world, workers):
 
 
 def test_loader_options_validated(s3, prefix):
-    with pytest.raises(ValueError, match="unknown loader option"):
-        s3.create_async_loader(prefix, {"batchsize": 3})
+    # unknown names warn and are ignored, as the original does (issue 10)
+    with pytest.warns(UserWarning, match="unknown loader option 'batchsize'.*batch_size"):
+        ld = s3.create_async_loader(prefix, {"batchsize": 3})
+    assert ld.opts["batch_size"] == 1
     with pytest.raises(ValueError, match="shard_rank"):
         s3.create_async_loader(prefix, shard_rank=2, shard_world_size=2)
     with pytest.raises(ValueError, match="batch_size"):
