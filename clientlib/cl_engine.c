@@ -381,6 +381,8 @@ static void op_send(struct eng *e, struct eng_conn *ec, struct cl_op *op)
 		wire_frame_init(&f, WIRE_PUT, id);
 		f.size = op->src_size;
 		break;
+	case CL_MKDIR: wire_frame_init(&f, WIRE_MKDIR, id); break;
+	case CL_RMDIR: wire_frame_init(&f, WIRE_RMDIR, id); break;
 	default: wire_frame_init(&f, WIRE_DELETE, id); break;
 	}
 	f.uri = op->uri;

@@ -181,7 +181,7 @@ void cl_pool_discard(s3dlio_client *c, struct cl_conn *cn);
 void cl_pool_destroy(s3dlio_client *c);
 
 /* ---- cl_engine.c ---- */
-enum cl_kind { CL_GET, CL_STAT, CL_LIST, CL_PUT, CL_DELETE, CL_PREFETCH };
+enum cl_kind { CL_GET, CL_STAT, CL_LIST, CL_PUT, CL_DELETE, CL_PREFETCH, CL_MKDIR, CL_RMDIR };
 
 /* One request of a call. Inputs are set by client.c, the engine fills the outputs. */
 struct cl_op {

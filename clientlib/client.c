@@ -518,3 +518,17 @@ S3DLIO_API int s3dlio_delete(s3dlio_client *c, const char *uri, s3dlio_error *er
 	op_init(&op, CL_DELETE, uri);
 	return run_one(c, &op, NULL, NULL, NULL, err);
 }
+
+S3DLIO_API int s3dlio_mkdir(s3dlio_client *c, const char *uri, s3dlio_error *err)
+{
+	struct cl_op op;
+	op_init(&op, CL_MKDIR, uri);
+	return run_one(c, &op, NULL, NULL, NULL, err);
+}
+
+S3DLIO_API int s3dlio_rmdir(s3dlio_client *c, const char *uri, s3dlio_error *err)
+{
+	struct cl_op op;
+	op_init(&op, CL_RMDIR, uri);
+	return run_one(c, &op, NULL, NULL, NULL, err);
+}

@@ -307,6 +307,8 @@ static int fields_needed(uint32_t type)
 	case WIRE_PUT: return 2;
 	case WIRE_DELETE: return 1;
 	case WIRE_PREFETCH: return 1;
+	case WIRE_MKDIR: return 1;
+	case WIRE_RMDIR: return 1;
 	case WIRE_CANCEL: return 0;
 	case WIRE_WELCOME: return 4;
 	case WIRE_HEADER: return 4;
@@ -349,6 +351,8 @@ int wire_decode(const uint8_t *buf, size_t len, uint32_t max_payload, struct wir
 	case WIRE_STAT:
 	case WIRE_DELETE:
 	case WIRE_PREFETCH:
+	case WIRE_MKDIR:
+	case WIRE_RMDIR:
 		rd_str(&r, &f->uri, &f->uri_len, WIRE_MAX_URI);
 		break;
 	case WIRE_LIST:
@@ -476,6 +480,8 @@ int wire_encode(const struct wire_frame *f, uint8_t *out, size_t cap, size_t *le
 	case WIRE_STAT:
 	case WIRE_DELETE:
 	case WIRE_PREFETCH:
+	case WIRE_MKDIR:
+	case WIRE_RMDIR:
 		pack_str(&pk, f->uri, f->uri_len);
 		break;
 	case WIRE_LIST:
@@ -581,6 +587,8 @@ const char *wire_type_str(uint32_t type)
 	case WIRE_DELETE: return "DELETE";
 	case WIRE_CANCEL: return "CANCEL";
 	case WIRE_PREFETCH: return "PREFETCH";
+	case WIRE_MKDIR: return "MKDIR";
+	case WIRE_RMDIR: return "RMDIR";
 	case WIRE_WELCOME: return "WELCOME";
 	case WIRE_HEADER: return "HEADER";
 	case WIRE_ENTRY: return "ENTRY";

@@ -34,6 +34,8 @@ enum wire_type {
 	WIRE_DELETE = 6,
 	WIRE_CANCEL = 7,
 	WIRE_PREFETCH = 8, /* fetch into the server's cache; END when cached */
+	WIRE_MKDIR = 9,    /* create a directory (mkdir -p) or a bucket; END(0, 0) */
+	WIRE_RMDIR = 10,   /* remove an empty directory or bucket; END(0, 0) */
 	/* server -> client */
 	WIRE_WELCOME = 16,
 	WIRE_HEADER = 17,
@@ -76,6 +78,8 @@ enum wire_code {
  *   DELETE  [6, id, uri]
  *   CANCEL  [7, id]
  *   PREFETCH [8, id, uri]                          END(object_size, 0) once cached
+ *   MKDIR   [9, id, uri]                              END(0, 0)
+ *   RMDIR   [10, id, uri]                             END(0, 0)
  *   WELCOME [16, 0, version, max_frame, max_in_flight, server]
  *   HEADER  [17, id, size, object_size, mtime, etag|nil]
  *   ENTRY   [18, id, uri, size, mtime, is_prefix]
@@ -87,7 +91,7 @@ struct wire_frame {
 	uint32_t type;
 	uint64_t id;
 
-	const char *uri; /* GET STAT LIST PUT DELETE PREFETCH ENTRY */
+	const char *uri; /* GET STAT LIST PUT DELETE PREFETCH MKDIR RMDIR ENTRY */
 	uint32_t uri_len;
 	uint64_t offset; /* GET: first byte; DATA: position of the payload in the reply */
 	uint64_t length; /* GET: bytes wanted or WIRE_TO_END */

@@ -95,6 +95,12 @@ struct backend_async_ops {
 	            const struct backend_sink *s, struct backend_op **op, struct err *e);
 	int (*remove)(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
 	              struct backend_op **op, struct err *e);
+	/* MKDIR, RMDIR (PROTOCOL.md): done(0) once the bucket exists / is gone. mkdir returns 1
+	 * (and calls nothing) when it is done at once without a request. */
+	int (*mkdir)(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+	             struct backend_op **op, struct err *e);
+	int (*rmdir)(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+	             struct backend_op **op, struct err *e);
 	/* An upload of size bytes; done comes only after put_finish. */
 	int (*put_open)(struct backend_ctx *ctx, const struct uri *u, uint64_t size,
 	                const struct backend_sink *s, struct backend_op **op, struct err *e);
@@ -134,6 +140,9 @@ struct backend_ops {
 	int (*list)(struct backend_ctx *ctx, const struct uri *u, uint32_t flags,
 	            struct backend_list *out, struct err *e);
 	int (*remove)(struct backend_ctx *ctx, const struct uri *u, struct err *e);
+	/* MKDIR: the directory and its missing parents (mkdir -p); RMDIR: an empty directory. */
+	int (*mkdir)(struct backend_ctx *ctx, const struct uri *u, struct err *e);
+	int (*rmdir)(struct backend_ctx *ctx, const struct uri *u, struct err *e);
 	/* Start an upload of size bytes; nothing is visible at the URI until commit. */
 	int (*put_open)(struct backend_ctx *ctx, const struct uri *u, uint64_t size,
 	                struct backend_writer **w, struct err *e);

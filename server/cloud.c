@@ -91,7 +91,7 @@ static int cloud_aws_profile(struct cloud_s3 *s3, const char *profile, struct er
 }
 
 /* A service-account key file: {"type": "service_account", "client_email", "private_key",
- * "token_uri"}. */
+ * "token_uri", "project_id"}. */
 static int cloud_gs_service_account(struct cloud_gs *gs, const char *path, struct err *e)
 {
 	int result = 0;
@@ -120,7 +120,10 @@ static int cloud_gs_service_account(struct cloud_gs *gs, const char *path, struc
 	}
 	gs->sa_email = strdup(email);
 	gs->token_uri = strdup(uri ? uri : "https://oauth2.googleapis.com/token");
-	if (!gs->sa_email || !gs->token_uri)
+	/* GOOGLE_CLOUD_PROJECT, read before, wins */
+	const char *project = json_string_value(json_object_get(root, "project_id"));
+	if (!gs->sa_email || !gs->token_uri ||
+	    (!gs->project && cloud_dup(&gs->project, project, NULL) < 0))
 		result = err_set(e, WIRE_E_INTERNAL, "out of memory");
 done:
 	BIO_free(bio);
@@ -229,6 +232,8 @@ int cloud_load(const struct config *cfg, struct cloud *c, struct err *e)
 		if (cloud_dup(&gs->token, tok, NULL) < 0)
 			goto oom;
 	}
+	if (cloud_dup(&gs->project, cloud_env("GOOGLE_CLOUD_PROJECT"), NULL) < 0)
+		goto oom;
 	const char *keyfile =
 	    cfg->gs_credentials ? cfg->gs_credentials : cloud_env("GOOGLE_APPLICATION_CREDENTIALS");
 	if (!emu && !gs->token && keyfile)
@@ -252,6 +257,7 @@ void cloud_free(struct cloud *c)
 	free(c->gs.token);
 	free(c->gs.sa_email);
 	free(c->gs.token_uri);
+	free(c->gs.project);
 	EVP_PKEY_free(c->gs.sa_key);
 	OPENSSL_cleanse(c->az.key, sizeof(c->az.key));
 	memset(c, 0, sizeof(*c));

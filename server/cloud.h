@@ -29,6 +29,9 @@ struct cloud_az {
 struct cloud_gs {
 	char *base;  /* "http://127.0.0.1:9199" (STORAGE_EMULATOR_HOST) or the JSON API's */
 	char *token; /* a bearer token (GOOGLE_OAUTH_ACCESS_TOKEN), or NULL: no auth */
+	/* the project new buckets go to (MKDIR): GOOGLE_CLOUD_PROJECT, else the service-account
+	 * key's project_id; NULL: none known */
+	char *project;
 	/* a service-account key (GOOGLE_APPLICATION_CREDENTIALS): tokens come from signing a
 	 * JWT with it and exchanging that at token_uri (per worker thread, refreshed early) */
 	char *sa_email;

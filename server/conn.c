@@ -754,6 +754,15 @@ static void conn_a_start(struct conn *c, struct req *r, const struct wire_frame 
 	case WIRE_LIST: rc = a->list(ctx, u, f->flags, &s, &r->aop, &e); break;
 	case WIRE_DELETE: rc = a->remove(ctx, u, &s, &r->aop, &e); break;
 	case WIRE_PUT: rc = a->put_open(ctx, u, f->size, &s, &r->aop, &e); break;
+	case WIRE_MKDIR: rc = a->mkdir(ctx, u, &s, &r->aop, &e); break;
+	case WIRE_RMDIR: rc = a->rmdir(ctx, u, &s, &r->aop, &e); break;
+	}
+	if (rc > 0) {
+		/* done without asking the store (a MKDIR below a bucket) */
+		r->aop = NULL;
+		conn_send_end(c, r->id, 0, 0);
+		conn_req_done(c, r);
+		return;
 	}
 	if (c->env->metrics) {
 		int op = metrics_op_of(f->type);
@@ -1075,6 +1084,29 @@ static void conn_do_delete(struct conn *c, const struct wire_frame *f, const str
 	conn_send_end(c, f->id, 0, 0);
 }
 
+/* MKDIR and RMDIR: END(0, 0) or ERROR, like DELETE. No cache entry can be affected: an
+ * emptied directory or bucket holds no object that could be cached. */
+static void conn_do_dir(struct conn *c, const struct wire_frame *f, const struct uri *u,
+                        const struct backend_ops *ops)
+{
+	struct err e;
+	if (ops->async) {
+		struct req *r = conn_req_new(c, f, u->text, ops, &e);
+		if (!r)
+			conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		else
+			conn_a_start(c, r, f, u);
+		return;
+	}
+	int rc = f->type == WIRE_MKDIR ? ops->mkdir(c->env->bctx, u, &e)
+	                               : ops->rmdir(c->env->bctx, u, &e);
+	if (rc < 0) {
+		conn_send_error(c, f->id, u->text, e.code, 0, e.msg);
+		return;
+	}
+	conn_send_end(c, f->id, 0, 0);
+}
+
 /* A PUT that is refused before it starts still has DATA and END frames on the way: keep a
  * discard entry for them. Too many of those and the peer is not following the protocol. */
 static void conn_put_refused(struct conn *c, const struct wire_frame *f, const char *uri)
@@ -1224,6 +1256,8 @@ static void conn_request(struct conn *c, const struct wire_frame *f)
 	case WIRE_DELETE: conn_do_delete(c, f, u, ops); break;
 	case WIRE_PUT: conn_do_put(c, f, u, ops); break;
 	case WIRE_PREFETCH: conn_do_prefetch(c, f, u, ops); break;
+	case WIRE_MKDIR:
+	case WIRE_RMDIR: conn_do_dir(c, f, u, ops); break;
 	}
 	if (counted) {
 		/* the request's table entry carries the tenant's count from here; one that ended
@@ -1428,7 +1462,9 @@ static void conn_dispatch(struct conn *c, const struct wire_frame *f)
 	case WIRE_LIST:
 	case WIRE_PUT:
 	case WIRE_DELETE:
-	case WIRE_PREFETCH: conn_request(c, f); break;
+	case WIRE_PREFETCH:
+	case WIRE_MKDIR:
+	case WIRE_RMDIR: conn_request(c, f); break;
 	case WIRE_CANCEL: conn_cancel(c, f->id); break;
 	case WIRE_DATA: conn_data(c, f); break;
 	case WIRE_END: conn_end(c, f); break;

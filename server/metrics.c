@@ -19,8 +19,8 @@
 #include "tokens.h"
 
 static const char *const metrics_backend_names[MB_N] = {"file", "direct", "s3", "az", "gs", "none"};
-static const char *const metrics_op_names[MOP_N] = {"GET", "STAT",   "LIST",
-                                                    "PUT", "DELETE", "PREFETCH"};
+static const char *const metrics_op_names[MOP_N] = {"GET",    "STAT",     "LIST",  "PUT",
+                                                    "DELETE", "PREFETCH", "MKDIR", "RMDIR"};
 /* upper bounds in seconds, as text and in nanoseconds */
 static const char *const metrics_bucket_text[METRICS_NBUCKETS] = {
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
@@ -54,6 +54,8 @@ int metrics_op_of(uint32_t wire_type)
 	case WIRE_PUT: return MOP_PUT;
 	case WIRE_DELETE: return MOP_DELETE;
 	case WIRE_PREFETCH: return MOP_PREFETCH;
+	case WIRE_MKDIR: return MOP_MKDIR;
+	case WIRE_RMDIR: return MOP_RMDIR;
 	default: return MOP_N;
 	}
 }

@@ -23,7 +23,17 @@ struct cache;
 struct crccache;
 struct tokens_registry;
 
-enum metrics_op { MOP_GET, MOP_STAT, MOP_LIST, MOP_PUT, MOP_DELETE, MOP_PREFETCH, MOP_N };
+enum metrics_op {
+	MOP_GET,
+	MOP_STAT,
+	MOP_LIST,
+	MOP_PUT,
+	MOP_DELETE,
+	MOP_PREFETCH,
+	MOP_MKDIR,
+	MOP_RMDIR,
+	MOP_N
+};
 enum metrics_backend { MB_FILE, MB_DIRECT, MB_S3, MB_AZ, MB_GS, MB_NONE, MB_N };
 
 #define METRICS_NBUCKETS 14 /* finite latency buckets; +Inf is the count */

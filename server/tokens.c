@@ -388,7 +388,8 @@ const struct token *tokens_find(const struct tokens *t, const char *tok, size_t 
 
 int tokens_check(const struct token *tk, uint32_t wire_type, const struct uri *u, struct err *e)
 {
-	int write = wire_type == WIRE_PUT || wire_type == WIRE_DELETE;
+	int write = wire_type == WIRE_PUT || wire_type == WIRE_DELETE || wire_type == WIRE_MKDIR ||
+	            wire_type == WIRE_RMDIR;
 	if (write && !tk->rw)
 		return err_set(e, WIRE_E_PERMISSION,
 		               "%s: tenant '%s' has a read-only token: %s is not allowed", u->text,

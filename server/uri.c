@@ -148,6 +148,21 @@ void uri_policy_free(struct uri_policy *p)
 	p->n = 0;
 }
 
+/* "s3://" alone (any case, gcs:// for gs://): the remote scheme whose every bucket it allows,
+ * or 0. A request URI must name a bucket; an --allow prefix may stop before it. */
+static enum uri_scheme uri_scheme_wide(const char *prefix)
+{
+	size_t n = strlen(prefix);
+	if (n <= 3 || strcmp(prefix + n - 3, "://") != 0)
+		return 0;
+	for (size_t i = 0; i < sizeof(uri_schemes) / sizeof(uri_schemes[0]); i++)
+		if (strlen(uri_schemes[i].name) == n - 3 &&
+		    strncasecmp(prefix, uri_schemes[i].name, n - 3) == 0 &&
+		    !uri_scheme_is_local(uri_schemes[i].scheme))
+			return uri_schemes[i].scheme;
+	return 0;
+}
+
 int uri_policy_add(struct uri_policy *p, const char *prefix, struct err *e)
 {
 	int result = -WIRE_E_INTERNAL;
@@ -155,6 +170,19 @@ int uri_policy_add(struct uri_policy *p, const char *prefix, struct err *e)
 	struct uri_allow a = {.rootfd = -1};
 	if (!u)
 		return err_set(e, WIRE_E_INTERNAL, "--allow %s: out of memory", prefix);
+	enum uri_scheme wide = uri_scheme_wide(prefix);
+	if (wide) {
+		/* the empty path prefix matches every bucket (MKDIR may create any) */
+		a.scheme = wide;
+		a.prefix = strdup("");
+		a.prefix_len = 0;
+		a.text = strdup(wide == URI_S3 ? "s3://" : wide == URI_AZ ? "az://" : "gs://");
+		if (!a.prefix || !a.text) {
+			result = err_set(e, WIRE_E_INTERNAL, "--allow %s: out of memory", prefix);
+			goto done;
+		}
+		goto add;
+	}
 	result = uri_parse_str(prefix, u, e);
 	if (result < 0) {
 		struct err sub = *e;
@@ -197,6 +225,7 @@ int uri_policy_add(struct uri_policy *p, const char *prefix, struct err *e)
 			goto done;
 		}
 	}
+add:;
 	struct uri_allow *nv = realloc(p->v, (p->n + 1) * sizeof(*nv));
 	if (!nv) {
 		result = err_set(e, WIRE_E_INTERNAL, "--allow %s: out of memory", prefix);
@@ -333,11 +362,16 @@ int uri_open(const struct uri_policy *p, const struct uri *u, const char *path, 
 
 /* Create the missing directories of rel (relative to a's root), one segment at a time:
  * each mkdirat() is relative to a directory we opened beneath the root, so a symlink
- * planted along the way cannot redirect the creation outside it. */
-static int uri_mkdirs(const struct uri_policy *p, const struct uri_allow *a, const char *rel)
+ * planted along the way cannot redirect the creation outside it. On failure errno says why
+ * and *stop (when not NULL) is the length of the prefix of rel that could not be opened or
+ * made. */
+static int uri_mkdirs(const struct uri_policy *p, const struct uri_allow *a, const char *rel,
+                      size_t *stop)
 {
 	char part[WIRE_MAX_URI + 1];
 	size_t n = strlen(rel);
+	if (stop)
+		*stop = 0;
 	if (n >= sizeof(part)) {
 		errno = ENAMETOOLONG;
 		return -1;
@@ -360,10 +394,38 @@ static int uri_mkdirs(const struct uri_policy *p, const struct uri_allow *a, con
 		int saved = errno;
 		close(cur);
 		errno = saved;
+		if (next < 0 && stop)
+			*stop = j;
 		cur = next;
 		i = j + 1;
 	}
 	return cur;
+}
+
+int uri_mkdir(const struct uri_policy *p, const struct uri *u, struct err *e)
+{
+	char rel[WIRE_MAX_URI + 1];
+	if (!uri_scheme_is_local(u->scheme))
+		return err_set(e, WIRE_E_INTERNAL, "%s: uri_mkdir misused", u->text);
+	const struct uri_allow *a = uri_policy_match(p, u->scheme, u->path);
+	if (!a)
+		return err_set(e, WIRE_E_PERMISSION, "%s: not under any --allow prefix", u->text);
+	size_t n = strlen(uri_rel(a, u->path));
+	memcpy(rel, uri_rel(a, u->path), n + 1);
+	if (n && rel[n - 1] == '/')
+		rel[--n] = '\0'; /* "a/b/" and "a/b" name the same directory */
+	size_t stop = 0;
+	int fd = uri_mkdirs(p, a, rel, &stop);
+	if (fd >= 0) {
+		close(fd);
+		return 0;
+	}
+	/* ENOTDIR: the open of that prefix met something that is not a directory (EEXIST can
+	 * only be a lost race with a rename, read the same way) */
+	if (errno == ENOTDIR || errno == EEXIST)
+		return err_set(e, WIRE_E_INVALID, "%s: %.*s%.*s exists and is not a directory",
+		               u->text, (int)a->prefix_len, a->prefix, (int)stop, rel);
+	return uri_open_errno(e, u, errno);
 }
 
 int uri_open_parent(const struct uri_policy *p, const struct uri *u, int create, int *dirfd,
@@ -387,7 +449,7 @@ int uri_open_parent(const struct uri_policy *p, const struct uri *u, int create,
 	dir[dlen] = '\0';
 	int fd = uri_open_rel(p, a, dir, O_RDONLY | O_DIRECTORY);
 	if (fd < 0 && errno == ENOENT && create)
-		fd = uri_mkdirs(p, a, dir);
+		fd = uri_mkdirs(p, a, dir, NULL);
 	if (fd < 0)
 		return uri_open_errno(e, u, errno);
 	*dirfd = fd;

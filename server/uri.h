@@ -61,8 +61,9 @@ struct uri_policy {
 void uri_policy_init(struct uri_policy *p);
 void uri_policy_free(struct uri_policy *p);
 
-/* Add an --allow prefix ("file:///data" becomes "file:///data/"). A local root that
- * cannot be opened is an error. */
+/* Add an --allow prefix ("file:///data" becomes "file:///data/"). A remote scheme alone
+ * ("s3://", "az://", "gs://") allows every bucket of it. A local root that cannot be opened
+ * is an error. */
 int uri_policy_add(struct uri_policy *p, const char *prefix, struct err *e);
 
 /* The entry with the longest prefix covering path under scheme, or NULL. The root itself
@@ -84,5 +85,12 @@ int uri_open(const struct uri_policy *p, const struct uri *u, const char *path, 
  * u->path. INVALID when u->path names a directory (trailing slash or the root itself). */
 int uri_open_parent(const struct uri_policy *p, const struct uri *u, int create, int *dirfd,
                     const char **base, struct err *e);
+
+/* mkdir -p of the directory u->path names (with or without a trailing slash) beneath the
+ * root of its --allow entry: each missing segment is made with mkdirat() relative to its
+ * parent, itself opened beneath the root. An existing directory (the root too) is success;
+ * a segment that exists and is not a directory is INVALID naming it; a symlink that leads
+ * out of the root is PERMISSION. */
+int uri_mkdir(const struct uri_policy *p, const struct uri *u, struct err *e);
 
 #endif

@@ -824,7 +824,10 @@ done:
 	return res;
 }
 
-static PyObject *client_delete(client_object *self, PyObject *args, PyObject *kwds)
+/* delete, mkdir, rmdir: one URI in, None out; fmt names the method for argument errors. */
+static PyObject *client_uri_call(client_object *self, PyObject *args, PyObject *kwds,
+                                 const char *fmt,
+                                 int (*fn)(s3dlio_client *, const char *, s3dlio_error *))
 {
 	PyThreadState *ts;
 	static char *kwlist[] = {"uri", NULL};
@@ -834,7 +837,7 @@ static PyObject *client_delete(client_object *self, PyObject *args, PyObject *kw
 	s3dlio_error err;
 	int rc;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:delete", kwlist, &uri_obj))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &uri_obj))
 		return NULL;
 	if (uri_arg_get(uri_obj, "uri", &uri) < 0)
 		return NULL;
@@ -843,7 +846,7 @@ static PyObject *client_delete(client_object *self, PyObject *args, PyObject *kw
 		goto done;
 	memset(&err, 0, sizeof(err));
 	ts = PyEval_SaveThread();
-	rc = s3dlio_delete(c, uri.s, &err);
+	rc = fn(c, uri.s, &err);
 	PyEval_RestoreThread(ts);
 	client_leave(self);
 	if (rc != S3DLIO_OK) {
@@ -854,6 +857,21 @@ static PyObject *client_delete(client_object *self, PyObject *args, PyObject *kw
 done:
 	uri_arg_release(&uri);
 	return res;
+}
+
+static PyObject *client_delete(client_object *self, PyObject *args, PyObject *kwds)
+{
+	return client_uri_call(self, args, kwds, "O:delete", s3dlio_delete);
+}
+
+static PyObject *client_mkdir(client_object *self, PyObject *args, PyObject *kwds)
+{
+	return client_uri_call(self, args, kwds, "O:mkdir", s3dlio_mkdir);
+}
+
+static PyObject *client_rmdir(client_object *self, PyObject *args, PyObject *kwds)
+{
+	return client_uri_call(self, args, kwds, "O:rmdir", s3dlio_rmdir);
 }
 
 static PyObject *client_stats(client_object *self, PyObject *unused)
@@ -1038,6 +1056,13 @@ static PyMethodDef client_methods[] = {
      "(prefix entries end in '/')."},
     {"delete", (PyCFunction)(void (*)(void))client_delete, METH_VARARGS | METH_KEYWORDS,
      "delete(uri): delete one object."},
+    {"mkdir", (PyCFunction)(void (*)(void))client_mkdir, METH_VARARGS | METH_KEYWORDS,
+     "mkdir(uri): file://, direct://: make the directory and its missing parents (an\n"
+     "existing one is fine). s3://b, az://account/container, gs://b: create the bucket\n"
+     "or container (fine if it exists and is yours); a deeper prefix needs nothing."},
+    {"rmdir", (PyCFunction)(void (*)(void))client_rmdir, METH_VARARGS | METH_KEYWORDS,
+     "rmdir(uri): file://, direct://: remove the empty directory. s3/az/gs: a bucket-level\n"
+     "URI deletes the empty bucket or container; a deeper prefix must hold no object."},
     {"stats", (PyCFunction)client_stats, METH_NOARGS, "stats() -> dict: client counters."},
     {"close", (PyCFunction)client_close, METH_NOARGS,
      "close(): close the connections (after the calls in progress end)."},

@@ -8,8 +8,8 @@ result (NEED_MORE, MALFORMED, TOO_BIG) instead of fields."""
 import msgpack
 import os
 
-T = dict(HELLO=1, GET=2, STAT=3, LIST=4, PUT=5, DELETE=6, CANCEL=7, WELCOME=16, HEADER=17,
-         ENTRY=18, ERROR=19, DATA=32, END=33)
+T = dict(HELLO=1, GET=2, STAT=3, LIST=4, PUT=5, DELETE=6, CANCEL=7, PREFETCH=8, MKDIR=9,
+         RMDIR=10, WELCOME=16, HEADER=17, ENTRY=18, ERROR=19, DATA=32, END=33)
 
 # (name, fields in wire order after [type, id], field names for the .vec file)
 FRAMES = [
@@ -25,6 +25,11 @@ FRAMES = [
     ("put", T["PUT"], 5, ["file:///data/out.bin", 20 * 2**20], ["uri", "size"]),
     ("delete", T["DELETE"], 6, ["file:///data/out.bin"], ["uri"]),
     ("cancel", T["CANCEL"], 9, [], []),
+    ("prefetch", T["PREFETCH"], 10, ["s3://bucket/train/shard-0001.tar"], ["uri"]),
+    ("mkdir", T["MKDIR"], 11, ["file:///data/new/a/b/"], ["uri"]),
+    ("mkdir_bucket", T["MKDIR"], 2**32 + 1, ["s3://new-bucket"], ["uri"]),
+    ("rmdir", T["RMDIR"], 12, ["file:///data/new/a/b"], ["uri"]),
+    ("rmdir_container", T["RMDIR"], 300, ["az://devstoreaccount1/old-container/"], ["uri"]),
     ("welcome", T["WELCOME"], 0, [1, 4 * 2**20, 256, "s3dliod/0.1.0"],
      ["version", "max_frame", "max_in_flight", "agent"]),
     ("header", T["HEADER"], 7, [4096, 1 << 20, 1764071624123456789, "5f3a-100000"],
@@ -84,6 +89,11 @@ def main():
         ("uri_not_utf8", b"\x95\x02\x01\xa4\xff\xfe\xfd\xfc\x00\xc0", "MALFORMED"),
         ("uri_surrogate", b"\x95\x02\x01\xa3\xed\xa0\x80\x00\xc0", "MALFORMED"),
         ("nested_extra", msgpack.packb([3, 1, "file:///x", [1, 2]]), "MALFORMED"),
+        ("mkdir_no_uri", msgpack.packb([9, 1]), "MALFORMED"),
+        ("mkdir_uri_nil", msgpack.packb([9, 1, None]), "MALFORMED"),
+        ("rmdir_uri_wrong_type", msgpack.packb([10, 1, 42]), "MALFORMED"),
+        ("rmdir_uri_too_long", msgpack.packb([10, 1, "s3://b/" + "k" * 4100]), "TOO_BIG"),
+        ("type_after_rmdir", msgpack.packb([11, 1, "file:///x"]), "MALFORMED"),
     ]
     for name, b, expect in hostile:
         out += [f"[hostile_{name}]", f"expect={expect}", f"hex={hexs(b)}", ""]

@@ -15,7 +15,12 @@
  * while the connection has paused the GET, so a slow reader holds a bounded amount.
  *
  * Uploads (either scheme) go to a temporary file beside the target, which is fsynced and
- * renamed over it only once every byte arrived and matched. */
+ * renamed over it only once every byte arrived and matched.
+ *
+ * LIST of a URI ending in '/' reads that directory; without the slash the URI names one
+ * path (a directory, listed as with the slash, or a file, listed alone), never a prefix of
+ * its siblings' names. MKDIR is mkdir -p beneath the root (uri_mkdir); RMDIR removes an
+ * empty directory. */
 #include "backend.h"
 #include "crccache.h"
 #include "iopool.h"
@@ -635,11 +640,9 @@ static int file_walk_add(struct file_walk *w, size_t plen, const char *name, int
 }
 
 /* Read the directory fd (owned: closed here) whose path is w->path[0..plen). */
-static int file_walk_dir(struct file_walk *w, int fd, size_t plen, const char *name_prefix,
-                         int depth, struct err *e)
+static int file_walk_dir(struct file_walk *w, int fd, size_t plen, int depth, struct err *e)
 {
 	int result = 0;
-	size_t pfx_len = strlen(name_prefix);
 	DIR *d = fdopendir(fd);
 	if (!d) {
 		result = err_errno(e, w->u->text, errno);
@@ -656,8 +659,6 @@ static int file_walk_dir(struct file_walk *w, int fd, size_t plen, const char *n
 		}
 		const char *name = de->d_name;
 		if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-			continue;
-		if (strncmp(name, name_prefix, pfx_len) != 0)
 			continue;
 		size_t nlen = strlen(name);
 		if (plen + nlen + 1 > WIRE_MAX_URI)
@@ -695,7 +696,7 @@ static int file_walk_dir(struct file_walk *w, int fd, size_t plen, const char *n
 			memcpy(w->path + plen, name, nlen);
 			w->path[plen + nlen] = '/';
 			w->path[plen + nlen + 1] = '\0';
-			result = file_walk_dir(w, sub, plen + nlen + 1, "", depth + 1, e);
+			result = file_walk_dir(w, sub, plen + nlen + 1, depth + 1, e);
 			w->path[plen] = '\0';
 		}
 		if (result < 0)
@@ -705,31 +706,71 @@ static int file_walk_dir(struct file_walk *w, int fd, size_t plen, const char *n
 	return result;
 }
 
+/* A URI without a trailing slash names one path: the directory it is (listed as if the
+ * slash were there), the file it is (listed alone), or nothing (an empty listing). Never a
+ * prefix of sibling names: file:///data/val must not list /data/val_extra/. */
+static int file_list_named(struct backend_ctx *ctx, const struct uri *u, struct file_walk *w,
+                           int *dirfd, size_t *plen, struct err *e)
+{
+	int fd = -1;
+	struct stat st;
+	int result = uri_open(ctx->policy, u, u->path, O_PATH, &fd, e);
+	if (result == -WIRE_E_NOT_FOUND)
+		return 0; /* nothing there: lists nothing, as a missing directory does */
+	if (result < 0)
+		goto done;
+	if (fstat(fd, &st) < 0) {
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	if (S_ISREG(st.st_mode)) {
+		/* as a listing of its directory would name it: the normalised path */
+		const char *base = strrchr(u->path, '/') + 1;
+		size_t dlen = (size_t)(base - u->path);
+		memcpy(w->path, u->path, dlen);
+		w->path[dlen] = '\0';
+		if (!file_is_upload_temp(base, strlen(base)))
+			result = file_walk_add(w, dlen, base, 0, &st, e);
+		goto done;
+	}
+	if (!S_ISDIR(st.st_mode) || u->path_len + 1 > WIRE_MAX_URI)
+		goto done; /* a device, a socket...: not an object, and holds none */
+	memcpy(w->path, u->path, u->path_len);
+	w->path[u->path_len] = '/';
+	w->path[u->path_len + 1] = '\0';
+	*plen = u->path_len + 1;
+	result = uri_open(ctx->policy, u, w->path, O_RDONLY | O_DIRECTORY, dirfd, e);
+done:
+	if (fd >= 0)
+		close(fd);
+	return result;
+}
+
 static int file_list(struct backend_ctx *ctx, const struct uri *u, uint32_t flags,
                      struct backend_list *out, struct err *e)
 {
 	struct file_walk *w = calloc(1, sizeof(*w));
 	int dirfd = -1;
 	int result = 0;
+	size_t plen = 0;
 	if (!w)
 		return err_set(e, WIRE_E_INTERNAL, "%s: out of memory", u->text);
 	w->ctx = ctx;
 	w->u = u;
 	w->out = out;
 	w->recursive = (flags & WIRE_LIST_RECURSIVE) != 0;
-	/* S3 semantics: the URI is a prefix; its directory part is what we read */
-	const char *slash = strrchr(u->path, '/');
-	size_t plen = (size_t)(slash - u->path) + 1;
-	memcpy(w->path, u->path, plen);
-	w->path[plen] = '\0';
-	result = uri_open(ctx->policy, u, w->path, O_RDONLY | O_DIRECTORY, &dirfd, e);
-	if (result == -WIRE_E_NOT_FOUND) {
-		result = 0; /* a missing directory lists nothing, as S3 does */
-		goto done;
+	if (u->path[u->path_len - 1] == '/') {
+		plen = u->path_len;
+		memcpy(w->path, u->path, plen + 1);
+		result = uri_open(ctx->policy, u, w->path, O_RDONLY | O_DIRECTORY, &dirfd, e);
+		if (result == -WIRE_E_NOT_FOUND)
+			result = 0; /* a missing directory lists nothing, as S3 does */
+	} else {
+		result = file_list_named(ctx, u, w, &dirfd, &plen, e);
 	}
-	if (result < 0)
+	if (result < 0 || dirfd < 0)
 		goto done;
-	result = file_walk_dir(w, dirfd, plen, slash + 1, 0, e);
+	result = file_walk_dir(w, dirfd, plen, 0, e);
 	dirfd = -1;
 	if (result < 0)
 		goto done;
@@ -761,6 +802,65 @@ static int file_remove(struct backend_ctx *ctx, const struct uri *u, struct err 
 	}
 	if (unlinkat(dirfd, base, 0) < 0)
 		result = err_errno(e, u->text, errno);
+done:
+	if (dirfd >= 0)
+		close(dirfd);
+	return result;
+}
+
+/* ---- MKDIR, RMDIR ---- */
+
+static int file_mkdir(struct backend_ctx *ctx, const struct uri *u, struct err *e)
+{
+	return uri_mkdir(ctx->policy, u, e);
+}
+
+/* Remove the empty directory u names (trailing slash or not), never an --allow root. */
+static int file_rmdir(struct backend_ctx *ctx, const struct uri *u, struct err *e)
+{
+	char parent[WIRE_MAX_URI + 1];
+	int dirfd = -1;
+	struct stat st;
+	int result = 0;
+	size_t len = u->path_len; /* without the trailing slash ("/" becomes "") */
+	if (u->path[len - 1] == '/')
+		len--;
+	const struct uri_allow *a = uri_policy_match(ctx->policy, u->scheme, u->path);
+	if (!a)
+		return err_set(e, WIRE_E_PERMISSION, "%s: not under any --allow prefix", u->text);
+	if (len + 1 <= a->prefix_len)
+		return err_set(e, WIRE_E_PERMISSION,
+		               "%s: is the root of the allowed prefix %s: not removed", u->text,
+		               a->text);
+	size_t slash = len - 1;
+	while (u->path[slash] != '/')
+		slash--;
+	memcpy(parent, u->path, slash + 1);
+	parent[slash + 1] = '\0';
+	char base[NAME_MAX + 1];
+	if (len - slash - 1 > NAME_MAX)
+		return err_errno(e, u->text, ENAMETOOLONG);
+	memcpy(base, u->path + slash + 1, len - slash - 1);
+	base[len - slash - 1] = '\0';
+	/* the parent is beneath the same root (it is the root or below it) */
+	result = uri_open(ctx->policy, u, parent, O_RDONLY | O_DIRECTORY, &dirfd, e);
+	if (result < 0)
+		goto done;
+	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		result = err_errno(e, u->text, errno);
+		goto done;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		result = err_set(e, WIRE_E_INVALID, "%s: not a directory%s", u->text,
+		                 S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
+		goto done;
+	}
+	if (unlinkat(dirfd, base, AT_REMOVEDIR) < 0) {
+		if (errno == ENOTEMPTY || errno == EEXIST)
+			result = err_set(e, WIRE_E_INVALID, "%s: directory not empty", u->text);
+		else
+			result = err_errno(e, u->text, errno);
+	}
 done:
 	if (dirfd >= 0)
 		close(dirfd);
@@ -909,6 +1009,8 @@ const struct backend_ops backend_file_ops = {
     .close_read = file_close_read,
     .list = file_list,
     .remove = file_remove,
+    .mkdir = file_mkdir,
+    .rmdir = file_rmdir,
     .put_open = file_put_open,
     .put_write = file_put_write,
     .put_commit = file_put_commit,
@@ -921,6 +1023,8 @@ const struct backend_ops backend_direct_ops = {
     .stat = file_stat,
     .list = file_list,
     .remove = file_remove,
+    .mkdir = file_mkdir,
+    .rmdir = file_rmdir,
     .put_open = file_put_open,
     .put_write = file_put_write,
     .put_commit = file_put_commit,

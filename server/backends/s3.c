@@ -23,7 +23,8 @@
  * hands the page's entries over sorted before asking for the next page. PUT sends objects up
  * to the multipart threshold in one request; larger ones go as a multipart upload with
  * parts in parallel (bounded: put_full tells the connection to stop reading) and are
- * aborted on failure. Every PUT ends with a HEAD that checks the stored size. */
+ * aborted on failure. Every PUT ends with a HEAD that checks the stored size. MKDIR and
+ * RMDIR create and delete buckets (see their section). */
 #include <ctype.h>
 #include <event2/buffer.h>
 #include <expat.h>
@@ -48,7 +49,7 @@
 #define S3_LIST_PAGE 1000
 #define S3_MAX_PARTS 10000
 
-enum s3_kind { S3_GET, S3_HEAD, S3_LIST, S3_DELETE, S3_PUT };
+enum s3_kind { S3_GET, S3_HEAD, S3_LIST, S3_DELETE, S3_PUT, S3_MKDIR, S3_RMDIR };
 
 enum s3_put_state {
 	S3_PUT_FILLING, /* parts: waiting for bytes or for an upload id */
@@ -114,7 +115,10 @@ struct backend_op {
 	int64_t ent_mtime;
 	char *token; /* next continuation token */
 	int truncated, paused, between_pages, xml_bad;
+	int page_limit; /* entries asked per page; 0: the configured size */
 	struct backend_list page;
+	/* MKDIR: the store's "already exists" answer, reported if the bucket is not ours */
+	struct err conflict;
 	/* DELETE: a HEAD first, so a missing object is NOT_FOUND as with file:// */
 	int delete_stage;
 	/* PUT */
@@ -1227,7 +1231,9 @@ static int s3_setup_list(struct http_call *c, CURL *easy, struct err *e)
 	char q[WIRE_MAX_URI * 3 + 4096], tok[3 * 1024 + 1], pre[WIRE_MAX_URI * 3 + 1];
 	size_t ql = 0;
 	q[0] = '\0';
-	int page = op->ctx->cloud->list_page > 0 ? op->ctx->cloud->list_page : S3_LIST_PAGE;
+	int page = op->page_limit                  ? op->page_limit
+	           : op->ctx->cloud->list_page > 0 ? op->ctx->cloud->list_page
+	                                           : S3_LIST_PAGE;
 	if (op->gs) {
 		if (http_encode(op->key, strlen(op->key), 0, pre, sizeof(pre)) < 0)
 			return err_set(e, WIRE_E_INVALID, "%s: prefix too long", op->uri);
@@ -1351,29 +1357,34 @@ static size_t s3_list_body(struct http_call *c, const char *p, size_t n)
 
 static void s3_list_next(struct backend_op *op);
 
+/* The page an answer brought, parsed and sorted into op->page; or the error (what names
+ * the operation in it). */
+static int s3_list_page(struct backend_op *op, struct http_call *c, int rc, const struct err *ce,
+                        const char *what, struct err *e)
+{
+	if (rc < 0 || c->status < 200 || c->status >= 300)
+		return s3_call_error(op, c, rc, ce, what, e);
+	if (op->gs) {
+		if (gs_list_parse(op) < 0 || op->xml_bad)
+			return err_set(e, WIRE_E_BACKEND, "%s: gs %s: unreadable answer", op->uri,
+			               what);
+	} else if (XML_Parse(op->xp, "", 0, 1) != XML_STATUS_OK || op->xml_bad) {
+		return err_set(e, WIRE_E_BACKEND, "%s: %s %s: unreadable answer (%s)", op->uri,
+		               op->prov, what, XML_ErrorString(XML_GetErrorCode(op->xp)));
+	}
+	/* S3 pages are in key order; within a page, keys and prefixes come apart: sort */
+	backend_list_sort(&op->page);
+	return 0;
+}
+
 static void s3_list_done(struct http_call *c, int rc, const struct err *ce)
 {
 	struct backend_op *op = c->arg;
 	struct err e;
-	if (rc < 0 || c->status < 200 || c->status >= 300) {
-		rc = s3_call_error(op, c, rc, ce, "LIST", &e);
+	if ((rc = s3_list_page(op, c, rc, ce, "LIST", &e)) < 0) {
 		s3_finish(op, rc, &e);
 		return;
 	}
-	if (op->gs) {
-		if (gs_list_parse(op) < 0 || op->xml_bad) {
-			err_set(&e, WIRE_E_BACKEND, "%s: gs LIST: unreadable answer", op->uri);
-			s3_finish(op, -WIRE_E_BACKEND, &e);
-			return;
-		}
-	} else if (XML_Parse(op->xp, "", 0, 1) != XML_STATUS_OK || op->xml_bad) {
-		err_set(&e, WIRE_E_BACKEND, "%s: %s LIST: unreadable answer (%s)", op->uri,
-		        op->prov, XML_ErrorString(XML_GetErrorCode(op->xp)));
-		s3_finish(op, -WIRE_E_BACKEND, &e);
-		return;
-	}
-	/* S3 pages are in key order; within a page, keys and prefixes come apart: sort */
-	backend_list_sort(&op->page);
 	for (size_t i = 0; i < op->page.n; i++) {
 		const struct backend_entry *en = &op->page.v[i];
 		op->sink.entry(op->sink.arg, en->uri, en->size, en->mtime_ns, en->is_prefix);
@@ -2139,6 +2150,263 @@ static int s3_put_finish(struct backend_op *op, struct err *e)
 	return 0;
 }
 
+/* ---- MKDIR, RMDIR: buckets and containers ----
+ *
+ * Object stores have no directories: a MKDIR below the bucket succeeds at once, and an RMDIR
+ * below it succeeds when nothing is stored under the prefix. At the bucket level MKDIR creates
+ * the bucket (S3 CreateBucket, with the LocationConstraint a region other than us-east-1
+ * needs; Azure Create Container; GCS buckets.insert into the configured project) and RMDIR
+ * deletes it once a one-entry LIST found it empty (Azure would delete a full container). A
+ * bucket that already exists is success when it is ours: Azure says so in its code, S3 and
+ * GCS answer 409 either way, so a HEAD (GCS: a metadata GET) of the bucket decides. */
+
+static int s3_is_bucket_level(const struct backend_op *op)
+{
+	return op->key[0] == '\0';
+}
+
+/* The URL of the bucket itself (gs_insert: GCS's buckets.insert, which names no bucket). */
+static int s3_bucket_url(struct backend_op *op, int gs_insert, struct err *e)
+{
+	int n;
+	if (!op->gs)
+		return s3_build_url(op, "", op->az ? "restype=container" : NULL, e);
+	if (gs_insert) {
+		char eproj[3 * 256 + 1];
+		const char *proj = op->ctx->cloud->gs.project;
+		if (http_encode(proj, strlen(proj), 0, eproj, sizeof(eproj)) < 0)
+			return err_set(e, WIRE_E_INVALID, "%s: the project name is too long",
+			               op->uri);
+		n = snprintf(op->url, sizeof(op->url), "%s/storage/v1/b?project=%s",
+		             op->ctx->cloud->gs.base, eproj);
+	} else {
+		n = snprintf(op->url, sizeof(op->url), "%s/storage/v1/b/%s",
+		             op->ctx->cloud->gs.base, op->bucket);
+	}
+	if (n < 0 || (size_t)n >= sizeof(op->url))
+		return err_set(e, WIRE_E_INVALID, "%s: URL too long", op->uri);
+	return 0;
+}
+
+/* Start the next step of op on op->call (the previous one is over). */
+static int s3_bucket_step(struct backend_op *op,
+                          int (*setup)(struct http_call *, CURL *, struct err *),
+                          void (*on_done)(struct http_call *, int, const struct err *),
+                          struct err *e)
+{
+	http_cancel(&op->call);
+	memset(&op->call, 0, sizeof(op->call));
+	op->call.arg = op;
+	op->call.setup = setup;
+	op->call.on_body = s3_collect_body;
+	op->call.on_done = on_done;
+	op->xtext_len = 0;
+	return s3_http_start(op, &op->call, e);
+}
+
+static int s3_setup_mkbucket(struct http_call *c, CURL *easy, struct err *e)
+{
+	struct backend_op *op = c->arg;
+	int rc = s3_bucket_url(op, 1, e);
+	if (rc < 0)
+		return rc;
+	if (op->gs) {
+		/* the name goes in a JSON body; json_dumps escapes it */
+		json_t *body = json_pack("{s:s}", "name", op->bucket);
+		char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+		json_decref(body);
+		if (!text)
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
+		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, text);
+		free(text);
+		if (http_header(c, "Content-Type: application/json") < 0)
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
+		return s3_setup_common(op, c, easy, e);
+	}
+	/* S3: us-east-1 takes no configuration (it refuses its own name there) */
+	free(op->complete_xml);
+	op->complete_xml = NULL;
+	op->complete_len = op->complete_sent = 0;
+	if (!op->az && strcmp(op->cfg->region, "us-east-1") != 0) {
+		if (asprintf(&op->complete_xml,
+		             "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/"
+		             "2006-03-01/\"><LocationConstraint>%s</LocationConstraint>"
+		             "</CreateBucketConfiguration>",
+		             op->cfg->region) < 0) {
+			op->complete_xml = NULL;
+			return err_set(e, WIRE_E_INTERNAL, "out of memory");
+		}
+		op->complete_len = strlen(op->complete_xml);
+	}
+	curl_easy_setopt(easy, CURLOPT_UPLOAD, 1L);
+	curl_easy_setopt(easy, CURLOPT_READFUNCTION, s3_complete_read);
+	curl_easy_setopt(easy, CURLOPT_READDATA, op);
+	curl_easy_setopt(easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)op->complete_len);
+	op->m_method = "PUT";
+	op->m_len = op->complete_len;
+	return s3_setup_common(op, c, easy, e);
+}
+
+static int s3_setup_bucket_probe(struct http_call *c, CURL *easy, struct err *e)
+{
+	struct backend_op *op = c->arg;
+	int rc = s3_bucket_url(op, 0, e);
+	if (rc < 0)
+		return rc;
+	if (!op->gs)
+		curl_easy_setopt(easy, CURLOPT_NOBODY, 1L); /* HEAD: GCS answers a GET */
+	op->m_method = "HEAD";
+	return s3_setup_common(op, c, easy, e);
+}
+
+static void s3_bucket_probe_done(struct http_call *c, int rc, const struct err *ce)
+{
+	struct backend_op *op = c->arg;
+	(void)ce;
+	if (rc == 0 && c->status >= 200 && c->status < 300) {
+		s3_finish(op, 0, NULL); /* it exists and answers us: ours */
+		return;
+	}
+	s3_finish(op, -(int)op->conflict.code, &op->conflict);
+}
+
+static void s3_mkbucket_done(struct http_call *c, int rc, const struct err *ce)
+{
+	struct backend_op *op = c->arg;
+	struct err e;
+	if (rc == 0 && c->status >= 200 && c->status < 300) {
+		s3_finish(op, 0, NULL);
+		return;
+	}
+	rc = s3_call_error(op, c, rc, ce, op->az ? "Create Container" : "CreateBucket", &e);
+	if (c->status != 409) {
+		s3_finish(op, rc, &e);
+		return;
+	}
+	if (op->az) {
+		char code[128] = "";
+		http_resp_header(c, "x-ms-error-code", code, sizeof(code));
+		s3_finish(op, strcmp(code, "ContainerAlreadyExists") == 0 ? 0 : rc, &e);
+		return;
+	}
+	/* S3's BucketAlreadyOwnedByYou is ours; its BucketAlreadyExists and GCS's 409 may be
+	 * someone else's: ask the bucket */
+	if (strstr(e.msg, "BucketAlreadyOwnedByYou")) {
+		s3_finish(op, 0, NULL);
+		return;
+	}
+	op->conflict = e;
+	if (s3_bucket_step(op, s3_setup_bucket_probe, s3_bucket_probe_done, &e) < 0)
+		s3_finish(op, -(int)e.code, &e);
+}
+
+static int s3_mkdir(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+                    struct backend_op **out, struct err *e)
+{
+	struct backend_op *op = s3_op_new(ctx, u, S3_MKDIR, s, e);
+	if (!op)
+		return -e->code;
+	if (!s3_is_bucket_level(op)) {
+		free(op);
+		return 1; /* a prefix: nothing to make */
+	}
+	if (op->gs && (!ctx->cloud->gs.project || !ctx->cloud->gs.project[0])) {
+		free(op);
+		return err_set(
+		    e, WIRE_E_INVALID,
+		    "%s: gs: no project to create the bucket in (set GOOGLE_CLOUD_PROJECT "
+		    "or use a service-account key with a project_id)",
+		    u->text);
+	}
+	int rc = s3_bucket_step(op, s3_setup_mkbucket, s3_mkbucket_done, e);
+	if (rc < 0) {
+		s3_op_free(op);
+		return rc;
+	}
+	*out = op;
+	return 0;
+}
+
+static int s3_setup_rmbucket(struct http_call *c, CURL *easy, struct err *e)
+{
+	struct backend_op *op = c->arg;
+	int rc = s3_bucket_url(op, 0, e);
+	if (rc < 0)
+		return rc;
+	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "DELETE");
+	op->m_method = "DELETE";
+	return s3_setup_common(op, c, easy, e);
+}
+
+static void s3_rmbucket_done(struct http_call *c, int rc, const struct err *ce)
+{
+	struct backend_op *op = c->arg;
+	struct err e;
+	if (rc < 0 || c->status < 200 || c->status >= 300) {
+		rc = s3_call_error(op, c, rc, ce, op->az ? "Delete Container" : "DeleteBucket", &e);
+		s3_finish(op, rc, &e);
+		return;
+	}
+	s3_finish(op, 0, NULL);
+}
+
+/* The one-entry listing of what RMDIR would remove came back. */
+static void s3_rmdir_listed(struct http_call *c, int rc, const struct err *ce)
+{
+	struct backend_op *op = c->arg;
+	struct err e;
+	if ((rc = s3_list_page(op, c, rc, ce, "LIST before RMDIR", &e)) < 0) {
+		s3_finish(op, rc, &e);
+		return;
+	}
+	if (op->page.n > 0) {
+		err_set(&e, WIRE_E_INVALID, "%s: not empty (%s is stored under it)", op->uri,
+		        op->page.v[0].uri);
+		s3_finish(op, -WIRE_E_INVALID, &e);
+		return;
+	}
+	if (!s3_is_bucket_level(op)) {
+		s3_finish(op, 0, NULL); /* nothing under the prefix: as good as removed */
+		return;
+	}
+	if (s3_bucket_step(op, s3_setup_rmbucket, s3_rmbucket_done, &e) < 0)
+		s3_finish(op, -(int)e.code, &e);
+}
+
+static int s3_rmdir(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
+                    struct backend_op **out, struct err *e)
+{
+	struct backend_op *op = s3_op_new(ctx, u, S3_RMDIR, s, e);
+	if (!op)
+		return -e->code;
+	size_t klen = strlen(op->key);
+	if (klen && op->key[klen - 1] != '/') {
+		/* "dir" and "dir/" name one directory; "dirx/..." is not under it */
+		if (klen + 1 >= sizeof(op->key)) {
+			free(op);
+			return err_set(e, WIRE_E_TOO_LARGE, "%s: key too long", u->text);
+		}
+		op->key[klen] = '/';
+		op->key[klen + 1] = '\0';
+	}
+	/* recursive (no delimiter) and one entry: any object beneath makes it non-empty */
+	op->recursive = 1;
+	op->page_limit = 1;
+	op->call.arg = op;
+	op->call.setup = s3_setup_list;
+	op->call.on_body = s3_list_body;
+	op->call.on_done = s3_rmdir_listed;
+	int rc = s3_http_start(op, &op->call, e);
+	if (rc < 0) {
+		s3_op_free(op);
+		return rc;
+	}
+	*out = op;
+	return 0;
+}
+
 /* ---- life cycle ---- */
 
 static void s3_op_free(struct backend_op *op)
@@ -2183,6 +2451,8 @@ static const struct backend_async_ops s3_async = {
     .stat = s3_stat,
     .list = s3_list,
     .remove = s3_remove,
+    .mkdir = s3_mkdir,
+    .rmdir = s3_rmdir,
     .put_open = s3_put_open,
     .put_write = s3_put_write,
     .put_full = s3_put_full,

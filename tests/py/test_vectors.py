@@ -14,7 +14,8 @@ VEC = os.path.join(os.path.dirname(__file__), "..", "..", "schema", "vectors", "
 # positional field names after [type, id], as in wire.h
 FIELDS = {
     1: ["version", "token", "agent"], 2: ["uri", "offset", "length"], 3: ["uri"],
-    4: ["uri", "flags"], 5: ["uri", "size"], 6: ["uri"], 7: [],
+    4: ["uri", "flags"], 5: ["uri", "size"], 6: ["uri"], 7: [], 8: ["uri"], 9: ["uri"],
+    10: ["uri"],
     16: ["version", "max_frame", "max_in_flight", "agent"],
     17: ["size", "object_size", "mtime", "etag"], 18: ["uri", "size", "mtime", "is_prefix"],
     19: ["code", "message", "retry_ms"], 32: ["offset"], 33: ["size", "crc32c"],

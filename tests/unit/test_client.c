@@ -86,6 +86,7 @@ struct peer {
 	char hello_agent[64];
 	char hello_token[64];
 	uint32_t hello_version;
+	char dir_op[600]; /* the last MKDIR/RMDIR: "MKDIR <uri>" */
 };
 
 static int write_all(int fd, const void *buf, size_t len)
@@ -641,6 +642,24 @@ static void serve_store(struct peer *p, struct pconn *pc, int index)
 			}
 			if (!r)
 				r = send_end(pc, id, (uint64_t)n, 0);
+			break;
+		}
+		case WIRE_MKDIR:
+		case WIRE_RMDIR: {
+			/* RMDIR of a prefix that holds objects is refused, as a server does */
+			snprintf(uri, sizeof(uri), "%.*s", (int)f.uri_len, f.uri);
+			int full = 0;
+			pthread_mutex_lock(&p->mu);
+			snprintf(p->dir_op, sizeof(p->dir_op), "%s %s", wire_type_str(f.type), uri);
+			for (int i = 0; i < p->nobjs && f.type == WIRE_RMDIR; i++)
+				full |= !strncmp(p->objs[i].uri, uri, strlen(uri));
+			pthread_mutex_unlock(&p->mu);
+			if (full) {
+				snprintf(msg, sizeof(msg), "%s: directory not empty", uri);
+				r = send_error(pc, f.id, WIRE_E_INVALID, msg, 0);
+			} else {
+				r = send_end(pc, f.id, 0, 0);
+			}
 			break;
 		}
 		default: atomic_fetch_add(&p->bad, 1); r = -1;
@@ -1311,6 +1330,33 @@ static void test_stat_list_delete(void **state)
 	                 S3DLIO_E_INVALID);
 }
 
+/* MKDIR and RMDIR go out as their frames, with the URI as given; END is success and an
+ * ERROR comes back with its code and message. */
+static void test_mkdir_rmdir(void **state)
+{
+	struct fx *fx = *state;
+	s3dlio_error err;
+	assert_int_equal(s3dlio_mkdir(fx->c, "mem:///new/dir/", &err), S3DLIO_OK);
+	assert_int_equal(err.code, S3DLIO_OK);
+	assert_string_equal(fx->p->dir_op, "MKDIR mem:///new/dir/");
+	assert_int_equal(s3dlio_rmdir(fx->c, "mem:///new/dir", &err), S3DLIO_OK);
+	assert_string_equal(fx->p->dir_op, "RMDIR mem:///new/dir");
+
+	peer_add(fx->p, "mem:///full/x", 5, 1);
+	assert_int_equal(s3dlio_rmdir(fx->c, "mem:///full/", &err), S3DLIO_E_INVALID);
+	assert_int_equal(err.code, S3DLIO_E_INVALID);
+	assert_string_equal(err.message, "mem:///full/: directory not empty");
+	/* the connection stays in step */
+	s3dlio_object_info info;
+	assert_int_equal(s3dlio_stat(fx->c, "mem:///full/x", &info, &err), S3DLIO_OK);
+	assert_int_equal(stats_of(fx->c).connects, 1);
+	assert_int_equal(atomic_load(&fx->p->bad), 0);
+
+	/* bad arguments fail locally */
+	assert_int_equal(s3dlio_mkdir(NULL, "mem:///x", &err), S3DLIO_E_INVALID);
+	assert_int_equal(s3dlio_rmdir(fx->c, "", &err), S3DLIO_E_INVALID);
+}
+
 static void test_io_timeout(void **state)
 {
 	(void)state;
@@ -1471,6 +1517,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_put, setup_store, teardown),
 	    cmocka_unit_test_setup_teardown(test_put_server_gone, setup_store, teardown),
 	    cmocka_unit_test_setup_teardown(test_stat_list_delete, setup_store, teardown),
+	    cmocka_unit_test_setup_teardown(test_mkdir_rmdir, setup_store, teardown),
 	    cmocka_unit_test(test_io_timeout),
 	    cmocka_unit_test_setup_teardown(test_threads, setup_store, teardown),
 	    cmocka_unit_test_setup_teardown(test_stale_pooled_connection, setup_store, teardown),

@@ -247,6 +247,20 @@ static void test_allow_everything_and_nothing(void **state)
 	assert_int_equal(uri_policy_add(&pol, "s3://bucket", &e), 0);
 	assert_non_null(uri_policy_match(&pol, URI_S3, "bucket/k"));
 	assert_null(uri_policy_match(&pol, URI_S3, "bucket2/k"));
+	/* a remote scheme alone: every bucket of it, and only of it; the longest prefix still
+	 * wins */
+	assert_null(uri_policy_match(&pol, URI_GS, "any/k"));
+	assert_int_equal(uri_policy_add(&pol, "GCS://", &e), 0);
+	const struct uri_allow *gs = uri_policy_match(&pol, URI_GS, "any/k");
+	assert_non_null(gs);
+	assert_string_equal(gs->text, "gs://");
+	assert_non_null(uri_policy_match(&pol, URI_GS, "other"));
+	assert_null(uri_policy_match(&pol, URI_AZ, "acct/c/k"));
+	assert_int_equal(uri_policy_add(&pol, "s3://", &e), 0);
+	assert_non_null(uri_policy_match(&pol, URI_S3, "bucket2/k"));
+	assert_string_equal(uri_policy_match(&pol, URI_S3, "bucket/k")->text, "s3://bucket/");
+	/* but not a local scheme: its root is a path */
+	assert_true(uri_policy_add(&pol, "direct://", &e) < 0);
 	/* a root that does not exist is refused at startup */
 	assert_true(uri_policy_add(&pol, "file:///no/such/dir/s3dlio-test", &e) < 0);
 	assert_non_null(strstr(e.msg, "No such file or directory"));
@@ -366,6 +380,64 @@ static void test_open_parent(void **state)
 	t->pol.no_openat2 = 0;
 }
 
+/* MKDIR's mkdir -p: made beneath the root, idempotent, never through a link out of it, and
+ * a file in the way named in the message. */
+static void check_mkdir(struct tree *t, const char *tag)
+{
+	char s[1200], p[512];
+	struct uri u;
+	struct err e;
+	struct stat st;
+
+	snprintf(p, sizeof(p), "data/mk-%s/a/b/", tag);
+	uri_of(s, sizeof(s), t, "file", p);
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), 0); /* exists: fine */
+	snprintf(p, sizeof(p), "%s/data/mk-%s/a/b", t->root, tag);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+
+	/* the root itself, and a link inside the root to a directory */
+	uri_of(s, sizeof(s), t, "file", "data");
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), 0);
+
+	/* a link out of the root: refused, nothing made outside */
+	snprintf(p, sizeof(p), "data/evil/mk-%s", tag);
+	uri_of(s, sizeof(s), t, "file", p);
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), -WIRE_E_PERMISSION);
+	snprintf(p, sizeof(p), "%s/outside/mk-%s", t->root, tag);
+	assert_int_equal(stat(p, &st), -1);
+
+	/* a file in the way (through a link that stays inside, too) */
+	uri_of(s, sizeof(s), t, "file", "data/sub/real.txt/deeper");
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), -WIRE_E_INVALID);
+	assert_non_null(strstr(e.msg, "/data/sub/real.txt exists and is not a directory"));
+	uri_of(s, sizeof(s), t, "file", "data/in.txt");
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), -WIRE_E_INVALID);
+	assert_non_null(strstr(e.msg, "/data/in.txt exists and is not a directory"));
+
+	/* outside every prefix */
+	uri_of(s, sizeof(s), t, "file", "database/x");
+	assert_int_equal(uri_parse_str(s, &u, &e), 0);
+	assert_int_equal(uri_mkdir(&t->pol, &u, &e), -WIRE_E_PERMISSION);
+	snprintf(p, sizeof(p), "%s/database/x", t->root);
+	assert_int_equal(stat(p, &st), -1);
+}
+
+static void test_mkdir(void **state)
+{
+	struct tree *t = *state;
+	check_mkdir(t, "a");
+	t->pol.no_openat2 = 1;
+	check_mkdir(t, "b");
+	t->pol.no_openat2 = 0;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -376,6 +448,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_confinement_openat2, tree_setup, tree_teardown),
 	    cmocka_unit_test_setup_teardown(test_confinement_fallback, tree_setup, tree_teardown),
 	    cmocka_unit_test_setup_teardown(test_open_parent, tree_setup, tree_teardown),
+	    cmocka_unit_test_setup_teardown(test_mkdir, tree_setup, tree_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -302,6 +302,79 @@ static void test_random_input(void **state)
 	}
 }
 
+static const struct vec *vec_named(const char *name)
+{
+	for (int i = 0; i < nvectors; i++)
+		if (strcmp(vectors[i].name, name) == 0)
+			return &vectors[i];
+	fail_msg("no vector named %s", name);
+	return NULL;
+}
+
+/* MKDIR and RMDIR: a frame built field by field encodes to the independent encoder's bytes,
+ * and decodes back to its type and URI; a missing or wrong URI and an over-long one are
+ * refused; scalar fields a newer peer appends are skipped. */
+static void test_mkdir_rmdir_frames(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *vec;
+		uint32_t type;
+		uint64_t id;
+		const char *uri;
+	} cases[] = {
+	    {"mkdir", WIRE_MKDIR, 11, "file:///data/new/a/b/"},
+	    {"mkdir_bucket", WIRE_MKDIR, (1ull << 32) + 1, "s3://new-bucket"},
+	    {"rmdir", WIRE_RMDIR, 12, "file:///data/new/a/b"},
+	    {"rmdir_container", WIRE_RMDIR, 300, "az://devstoreaccount1/old-container/"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct vec *v = vec_named(cases[i].vec);
+		struct wire_frame f;
+		wire_frame_init(&f, cases[i].type, cases[i].id);
+		f.uri = cases[i].uri;
+		f.uri_len = (uint32_t)strlen(cases[i].uri);
+		uint8_t out[256];
+		size_t n = 0;
+		assert_int_equal(wire_encode(&f, out, sizeof(out), &n), WIRE_OK);
+		assert_int_equal(n, v->nbytes);
+		assert_memory_equal(out, v->bytes, n);
+
+		struct wire_frame g;
+		size_t used = 0;
+		assert_int_equal(wire_decode(out, n, 0, &g, &used), WIRE_OK);
+		assert_int_equal(used, n);
+		assert_int_equal(g.type, cases[i].type);
+		assert_true(g.id == cases[i].id);
+		assert_str_field(cases[i].uri, g.uri, g.uri_len);
+		assert_string_equal(wire_type_str(g.type),
+		                    cases[i].type == WIRE_MKDIR ? "MKDIR" : "RMDIR");
+	}
+
+	/* [9, 1, "file:///x", 7, "later"]: the two appended scalars are skipped */
+	static const uint8_t extra[] = {0x95, 0x09, 0x01, 0xa9, 'f',  'i', 'l', 'e', ':', '/',
+	                                '/',  '/',  'x',  0x07, 0xa5, 'l', 'a', 't', 'e', 'r'};
+	struct wire_frame g;
+	size_t used = 0;
+	assert_int_equal(wire_decode(extra, sizeof(extra), 0, &g, &used), WIRE_OK);
+	assert_int_equal(used, sizeof(extra));
+	assert_int_equal(g.type, WIRE_MKDIR);
+	assert_str_field("file:///x", g.uri, g.uri_len);
+
+	/* [10, 1]: no URI */
+	static const uint8_t bare[] = {0x92, 0x0a, 0x01};
+	assert_int_equal(wire_decode(bare, sizeof(bare), 0, &g, &used), WIRE_MALFORMED);
+
+	/* encoding refuses a URI over the limit */
+	struct wire_frame f;
+	wire_frame_init(&f, WIRE_RMDIR, 5);
+	f.uri = "s3://b/";
+	f.uri_len = WIRE_MAX_URI + 1;
+	uint8_t big[WIRE_MAX_HEADER];
+	size_t n;
+	assert_int_equal(wire_encode(&f, big, sizeof(big), &n), WIRE_TOO_BIG);
+}
+
 static void test_crc32c(void **state)
 {
 	(void)state;
@@ -324,6 +397,7 @@ int main(void)
 		cmocka_unit_test(test_encode_no_space),
 		cmocka_unit_test(test_data_payload_follows),
 		cmocka_unit_test(test_random_input),
+		cmocka_unit_test(test_mkdir_rmdir_frames),
 		cmocka_unit_test(test_crc32c),
 	};
 	return cmocka_run_group_tests(tests, load_vectors, free_vectors);

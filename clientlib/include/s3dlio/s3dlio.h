@@ -168,6 +168,23 @@ S3DLIO_API int s3dlio_list(s3dlio_client *c, const char *uri, int recursive, s3d
 
 S3DLIO_API int s3dlio_delete(s3dlio_client *c, const char *uri, s3dlio_error *err);
 
+/* Make a directory: file:// and direct:// create it and its missing parents beneath the
+ * server's allowed root (an existing directory is success; an existing file in the way is
+ * S3DLIO_E_INVALID). s3://b, az://account/container, gs://b (a trailing slash or not)
+ * create the bucket or container (one that exists and is yours is success); a deeper
+ * prefix succeeds without asking the store, which has no directories. Routed like a PUT
+ * of uri; refused (S3DLIO_E_PERMISSION) outside the server's allowed prefixes and with a
+ * read-only token. A server older than MKDIR and RMDIR refuses them as a protocol error
+ * and closes that connection. */
+S3DLIO_API int s3dlio_mkdir(s3dlio_client *c, const char *uri, s3dlio_error *err);
+
+/* Remove an empty directory: file:// and direct:// remove that directory (S3DLIO_E_NOT_FOUND
+ * when missing, S3DLIO_E_INVALID when it is not empty or not a directory,
+ * S3DLIO_E_PERMISSION for an allowed root itself). s3/az/gs: a bucket-level URI deletes the
+ * bucket or container once it holds no object (S3DLIO_E_INVALID when it does); a deeper
+ * prefix succeeds when no object is stored under it, else S3DLIO_E_INVALID. */
+S3DLIO_API int s3dlio_rmdir(s3dlio_client *c, const char *uri, s3dlio_error *err);
+
 S3DLIO_API void s3dlio_get_stats(s3dlio_client *c, s3dlio_stats *out);
 
 S3DLIO_API const char *s3dlio_code_str(int code);
