@@ -12,7 +12,7 @@ PACKAGES=(
   libisal-dev liburing-dev libjansson-dev libexpat1-dev libzstd-dev
   python3 python3-dev python3-venv python3-pip python3-numpy python3-pytest
   python3-pytest-timeout python3-msgpack python3-psutil python3-torch
-  python3-boto3 python3-requests python3-yaml openssl
+  python3-boto3 python3-requests python3-yaml python3-h5py zstd openssl
 )
 
 SUDO=""
@@ -45,6 +45,10 @@ if ! "$VENV/bin/python" -c 'import scikit_build_core' 2>/dev/null; then
   echo "install-deps: installing scikit-build-core into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'scikit-build-core>=0.8'
 fi
+
+# pytest-asyncio for the compatibility suite (tests/compat runs the original's async tests);
+# 0.21 is the line that works with Debian's pytest 7.2
+"$VENV/bin/python" -c 'import pytest_asyncio' 2>/dev/null || "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'pytest-asyncio==0.21.2'
 
 # The object-store emulators the cloud tests start (npm, into tests/emulators/node_modules)
 bash tests/emulators/install.sh

@@ -44,6 +44,7 @@ from . import _core
 from ._loader_options import PyLoaderOptions
 from ._loader_options import parse as _parse_options
 from ._server import client as _client
+from ._server import raw_client as _raw_client
 
 __all__ = ["PyDataset", "PyS3Dataset", "PyVecDataset", "PyAsyncDataLoader",
            "PyAsyncDataLoaderIter", "PyBytesAsyncDataLoader", "PyBytesAsyncDataLoaderIter",
@@ -522,7 +523,9 @@ class PyBytesAsyncDataLoader:
         in_flight = o["max_in_flight"] or o["num_workers"] or min(64, max(16, ahead // 2))
         cap = max(ahead, 2 * in_flight, 2)
         window = max(1, min(cap // 2, in_flight))
-        pf = _core.Prefetcher(_client(), order, cap, window, in_flight, not zero_copy)
+        # the C engine needs the real client (not the op-log's wrapper): its fetches are
+        # not logged one by one
+        pf = _core.Prefetcher(_raw_client(), order, cap, window, in_flight, not zero_copy)
         try:
             yield from pf
         finally:

@@ -122,10 +122,24 @@ def get_into(uri, buffer, offset=0, length=None):
 
 # ---- writes ----
 
+def _buffer_arg(data):
+    """data as a buffer: itself when it has the buffer protocol; else an object with
+    __bytes__ (the original accepts those) is converted once."""
+    try:
+        memoryview(data).release()
+        return data
+    except TypeError:
+        if hasattr(type(data), "__bytes__"):
+            return bytes(data)
+        raise TypeError("data must be bytes-like (bytes, bytearray, memoryview, numpy array, "
+                        "BytesView) or define __bytes__, not %s" % type(data).__name__) \
+            from None
+
+
 def put_bytes(uri, data):
-    """Stores data (any contiguous buffer, sent without a copy) at uri; returns once the
-    server stored and verified the whole object."""
-    _client().put_bytes(_check_uri(uri), data)
+    """Stores data (any contiguous buffer, sent without a copy; or an object with __bytes__)
+    at uri; returns once the server stored and verified the whole object."""
+    _client().put_bytes(_check_uri(uri), _buffer_arg(data))
 
 
 def mkdir(uri):
@@ -172,12 +186,21 @@ def stat(uri):
     return d
 
 
+# What the file backend answers for a directory (server/backends/file.c)
+_IS_A_DIRECTORY = ": is a directory"
+
+
 def exists(uri):
-    """True when an object is at uri."""
+    """True when an object is at uri (a file:// directory is not an object: False, as in the
+    original)."""
     try:
         _client().stat(_check_uri(uri))
     except FileNotFoundError:
         return False
+    except _core.InvalidArgumentError as e:
+        if str(e).endswith(_IS_A_DIRECTORY):
+            return False
+        raise
     return True
 
 

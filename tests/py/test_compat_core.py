@@ -353,3 +353,58 @@ def test_bytesview_indexing_like_bytes(s3, data):
         v[4096]
     with pytest.raises(TypeError):
         v["0"]
+
+
+def test_op_log_with_the_loader(s3, data, tmp_path):
+    """The C prefetch engine takes the real client while an op-log wraps it."""
+    log = tmp_path / "loader.zst"
+    s3.init_op_log(str(log))
+    try:
+        items = list(s3.create_async_loader(data.uri("small") + "/"))
+        assert len(items) == 500
+    finally:
+        s3.finalize_op_log()
+    text = subprocess.run(["zstd", "-dc", str(log)], check=True,
+                          capture_output=True).stdout.decode()
+    assert "\tLIST\t" in text
+
+
+def test_jax_iterable_numpy_only(s3, data):
+    np = pytest.importorskip("numpy")
+    base = data.uri("tree") + "/"
+    it = s3.S3JaxIterable.from_prefix(base, shuffle=True, seed=3)
+    arrays = list(it)
+    assert len(arrays) == len(data.TREE)
+    assert sorted(a.tobytes() for a in arrays) == sorted(data.bytes("tree/" + n)
+                                                          for n in data.TREE)
+    assert all(a.dtype == np.uint8 and not a.flags.writeable for a in arrays)
+    w = list(s3.JaxIterable.from_prefix(base, writable=True,
+                                        transform=lambda a: a[:1]))
+    assert all(a.flags.writeable and len(a) == 1 for a in w)
+    if s3dtest.run_py("import importlib.util as u; print(u.find_spec('tensorflow') is None)"
+                      ).stdout.strip() == "True":
+        with pytest.raises(ImportError):
+            s3.make_tf_dataset(base)
+
+
+def test_exists_of_a_directory_is_false(s3, data):
+    assert s3.exists(data.uri("tree")) is False
+    assert s3.exists(data.uri("tree") + "/") is False
+    assert s3.exists(data.uri("tree/a.bin")) is True
+    with pytest.raises(ValueError):
+        s3.exists("bogus://x")
+
+
+def test_put_bytes_takes_objects_with_dunder_bytes(s3, scratch):
+    _, base = scratch
+
+    class Custom:
+        def __bytes__(self):
+            return b"custom payload"
+
+    s3.put_bytes(base + "c.bin", Custom())
+    assert s3.get(base + "c.bin") == b"custom payload"
+    with pytest.raises(TypeError):
+        s3.put_bytes(base + "d.bin", object())
+    with pytest.raises(TypeError):
+        s3.put_bytes(base + "e.bin", "a str is not bytes")

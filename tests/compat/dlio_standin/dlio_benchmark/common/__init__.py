@@ -1,0 +1,1 @@
+"""dlio_benchmark.common (stand-in; see the package docstring)."""

@@ -1,0 +1,1 @@
+"""dlio_benchmark.storage (stand-in; see the package docstring)."""

@@ -1,0 +1,1 @@
+"""dlio_benchmark.utils (stand-in; see the package docstring)."""
