@@ -420,6 +420,13 @@ def BearerProxy(upstream, token):
     return p
 
 
+def s3_server(emu, buckets, threads=2):
+    """An s3dliod serving the given buckets of an s3rver emulator, with the small cloud sizes
+    (CLOUD_FLAGS) so multipart uploads and paging happen on small objects."""
+    return s3dtest.start_server([f"s3://{b}/" for b in buckets], threads=threads,
+                                extra=CLOUD_FLAGS, env=s3_env(emu.endpoint))
+
+
 def stop_server(srv):
     """Stop an s3dliod and insist on a clean exit (an ASan build exits non-zero on errors)."""
     rc = srv.stop()

@@ -35,8 +35,7 @@ def s3_emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s3_srv(s3_emu):
-    srv = s3dtest.start_server([f"s3://{BUCKET}/"], threads=2, extra=cloudemu.CLOUD_FLAGS,
-                               env=cloudemu.s3_env(s3_emu.endpoint))
+    srv = cloudemu.s3_server(s3_emu, [BUCKET])
     yield srv
     cloudemu.stop_server(srv)
 
