@@ -55,6 +55,52 @@ static int uri_norm_path(struct uri *u, const char *src, size_t n, struct err *e
 	return 0;
 }
 
+/* The names that become part of a store's host or path before the key: the bucket (s3, gs),
+ * the account and the container (az). They go into request URLs unescaped (an account or a
+ * virtual-hosted bucket is the host itself), so a name is letters, digits, '.', '-' and '_'
+ * only (an Azure account letters and digits; a container may start with '$': $root, $logs,
+ * $web): otherwise a client could
+ * name another host ("b:port#", "b?") and have the server send its signed request, and its
+ * credentials, there. */
+static int uri_name_ok(const char *p, size_t n, size_t max, int dollar, int alnum)
+{
+	if (n == 0 || n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+			continue;
+		if (!alnum &&
+		    (c == '-' || c == '_' || (c == '.' && i > 0) || (c == '$' && i == 0 && dollar)))
+			continue;
+		return 0;
+	}
+	return 1;
+}
+
+static int uri_check_names(struct uri *u, const char *rest, size_t rlen, struct err *e)
+{
+	size_t a = 0, i;
+	int names = u->scheme == URI_AZ ? 2 : 1;
+
+	for (int k = 0; k < names && a < rlen; k++) {
+		for (i = a; i < rlen && rest[i] != '/'; i++)
+			;
+		int az = u->scheme == URI_AZ;
+		size_t max = az ? (k == 0 ? 24 : 63) : (u->scheme == URI_GS ? 222 : 255);
+		/* an Azure account is the first label of the host: letters and digits only */
+		if (!uri_name_ok(rest + a, i - a, max, az && k == 1, az && k == 0))
+			return err_set(
+			    e, WIRE_E_INVALID,
+			    "%s: '%.*s' is not a valid %s name (letters, digits, '.', '-', "
+			    "'_'; at most %zu)",
+			    u->text, (int)(i - a), rest + a,
+			    az ? (k == 0 ? "storage account" : "container") : "bucket", max);
+		a = i + 1;
+	}
+	return 0;
+}
+
 int uri_parse(const char *s, size_t len, struct uri *u, struct err *e)
 {
 	u->scheme = 0;
@@ -109,13 +155,18 @@ int uri_parse(const char *s, size_t len, struct uri *u, struct err *e)
 		size_t a = i;
 		while (i < rlen && rest[i] != '/')
 			i++;
-		if ((i - a == 1 && rest[a] == '.') || (i - a == 2 && rest[a] == '.' && rest[a + 1] == '.'))
-			return err_set(e, WIRE_E_INVALID,
-			               "%s: key contains a '%.*s' segment (not served: the store's URL "
-			               "would name another object)",
-			               u->text, (int)(i - a), rest + a);
+		if ((i - a == 1 && rest[a] == '.') ||
+		    (i - a == 2 && rest[a] == '.' && rest[a + 1] == '.'))
+			return err_set(
+			    e, WIRE_E_INVALID,
+			    "%s: key contains a '%.*s' segment (not served: the store's URL "
+			    "would name another object)",
+			    u->text, (int)(i - a), rest + a);
 		i++;
 	}
+	int rc = uri_check_names(u, rest, rlen, e);
+	if (rc < 0)
+		return rc;
 	memcpy(u->path, rest, rlen);
 	u->path[rlen] = '\0';
 	u->path_len = rlen;

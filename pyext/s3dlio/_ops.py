@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import threading
 import time
 
 from . import _core
@@ -311,16 +312,35 @@ def _run_all(fn, items, max_in_flight):
     return [f.result() for f in futs]
 
 
+def _umask():
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _download_one(uri, path):
     """uri into the file path: received straight into the mapped file's pages, written
-    under a temporary name and renamed, so a failure never leaves a partial file."""
+    under a temporary name and renamed, so a failure never leaves a partial file. The
+    file's blocks are allocated first, so a full disk is an OSError (ENOSPC) naming the
+    file, never a SIGBUS of a write through the mapping."""
     c = _client()
     size = c.stat(uri)["size"]
     d = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         if size > 0:
-            os.ftruncate(fd, size)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                raise OSError(e.errno, "download: cannot store %d bytes of %s in %s: %s"
+                              % (size, uri, path, e.strerror)) from None
             with mmap.mmap(fd, size) as m:
                 n = c.get_into(uri, m)
             if n != size:  # the object changed size between stat and get
@@ -398,25 +418,63 @@ def _expand(patterns):
     return [f for f in out if not (f in seen or seen.add(f))]
 
 
-def _upload_one(path, uri):
-    """The file at path stored at uri, sent from its mapped pages (no copy in this
-    process)."""
+class _ByteBudget:
+    """Bounds the bytes that concurrent uploads hold in memory at once (one file above the
+    limit still goes, alone)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+        self.cv = threading.Condition()
+
+    def take(self, n):
+        n = min(n, self.limit)
+        with self.cv:
+            while self.used and self.used + n > self.limit:
+                self.cv.wait()
+            self.used += n
+        return n
+
+    def give(self, n):
+        with self.cv:
+            self.used -= n
+            self.cv.notify_all()
+
+
+_UPLOAD_BUDGET = 1 << 30
+
+
+def _upload_one(path, uri, budget):
+    """The file at path stored at uri. Read into memory first (one copy): sending from a
+    shared mapping would kill the process (SIGBUS) if another program truncated the file
+    meanwhile. What the read got is what is stored."""
     c = _client()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            c.put_bytes(uri, b"")
-            return 0
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-            c.put_bytes(uri, m)
-    return size
+        held = budget.take(size)
+        try:
+            buf = bytearray(size)
+            mv = memoryview(buf)
+            n = 0
+            while n < size:
+                got = f.readinto(mv[n:])
+                if not got:
+                    break  # the file shrank while we read it
+                n += got
+            c.put_bytes(uri, mv[:n])
+            mv.release()
+        finally:
+            budget.give(held)
+    return n
 
 
 def upload(src_patterns, dest_prefix, max_in_flight=32, create_bucket=False):
     """Stores local files under dest_prefix, each as dest_prefix/<its file name>.
     src_patterns: paths, directories (their files), globs, or regexes over the names of one
     directory (e.g. "/data/shard_[0-9]+\\.npz"). create_bucket=True first creates the
-    destination's bucket/container. No match raises NotFoundError."""
+    destination's bucket/container. No match raises NotFoundError; two files with one name
+    raise InvalidArgumentError before anything is stored. Each file is read once into memory
+    (at most 1 GiB held by concurrent uploads, one larger file alone)."""
     dest_prefix = _check_uri(dest_prefix, "dest_prefix")
     files = _expand(src_patterns)
     if not files:
@@ -428,7 +486,17 @@ def upload(src_patterns, dest_prefix, max_in_flight=32, create_bucket=False):
         if scheme in ("s3", "az", "gs", "gcs") and len(parts) >= n and all(parts[:n]):
             _client().mkdir(scheme + "://" + "/".join(parts[:n]))
     base = dest_prefix if dest_prefix.endswith("/") else dest_prefix + "/"
-    _run_all(lambda f: _upload_one(f, base + os.path.basename(f)), files, max_in_flight)
+    names = {}
+    for f in files:
+        name = os.path.basename(f)
+        if name in names:
+            raise _core.InvalidArgumentError(
+                "upload: %s and %s would both be stored at %s"
+                % (names[name], f, base + name))
+        names[name] = f
+    budget = _ByteBudget(_UPLOAD_BUDGET)
+    _run_all(lambda f: _upload_one(f, base + os.path.basename(f), budget), files,
+             max_in_flight)
     return None
 
 

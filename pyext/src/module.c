@@ -154,11 +154,11 @@ static PyMethodDef core_methods[] = {
      "zstd_compress(buffer, level=3) -> bytes: one zstd frame of buffer."},
     {"zstd_decompress", (PyCFunction)(void (*)(void))zstd_decompress_py,
      METH_VARARGS | METH_KEYWORDS,
-     "zstd_decompress(buffer, max_size=2**40) -> bytes: every zstd frame of buffer, "
+     "zstd_decompress(buffer, max_size=2**30) -> bytes: every zstd frame of buffer, "
      "decompressed (ValueError when corrupt, truncated or larger than max_size)."},
     {"zstd_decompress_view", (PyCFunction)(void (*)(void))zstd_decompress_view_py,
      METH_VARARGS | METH_KEYWORDS,
-     "zstd_decompress_view(buffer, max_size=2**40) -> BytesView: as zstd_decompress, into "
+     "zstd_decompress_view(buffer, max_size=2**30) -> BytesView: as zstd_decompress, into "
      "a BytesView (one copy: the decompression itself)."},
     {NULL, NULL, 0, NULL},
 };

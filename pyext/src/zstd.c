@@ -12,8 +12,9 @@
 /* Inputs below this size are compressed with the GIL held: releasing it costs more. */
 #define ZSTD_NOGIL_MIN (64 * 1024)
 
-/* Default bound of zstd_decompress's output, when the caller gives none. */
-#define ZSTD_DEFAULT_MAX ((Py_ssize_t)1 << 40)
+/* Default bound of zstd_decompress's output, when the caller gives none: callers that expect
+ * more say so (checkpoints pass the size their record holds). */
+#define ZSTD_DEFAULT_MAX ((Py_ssize_t)1 << 30)
 
 static int zstd_level_ok(int level)
 {
@@ -37,6 +38,7 @@ PyObject *zstd_compress_py(PyObject *module, PyObject *args, PyObject *kwargs)
 	Py_buffer in = {0};
 	int level = 3;
 	PyObject *out = NULL;
+	PyThreadState *ts;
 	size_t bound, rc;
 
 	(void)module;
@@ -53,9 +55,9 @@ PyObject *zstd_compress_py(PyObject *module, PyObject *args, PyObject *kwargs)
 	if (out == NULL)
 		goto done;
 	if (in.len >= ZSTD_NOGIL_MIN) {
-		Py_BEGIN_ALLOW_THREADS rc =
-		    ZSTD_compress(PyBytes_AS_STRING(out), bound, in.buf, (size_t)in.len, level);
-		Py_END_ALLOW_THREADS
+		ts = PyEval_SaveThread();
+		rc = ZSTD_compress(PyBytes_AS_STRING(out), bound, in.buf, (size_t)in.len, level);
+		PyEval_RestoreThread(ts);
 	} else {
 		rc = ZSTD_compress(PyBytes_AS_STRING(out), bound, in.buf, (size_t)in.len, level);
 	}
@@ -79,6 +81,7 @@ PyObject *zstd_decompress_py(PyObject *module, PyObject *args, PyObject *kwargs)
 	Py_buffer in = {0};
 	Py_ssize_t max = ZSTD_DEFAULT_MAX;
 	PyObject *out = NULL;
+	PyThreadState *ts;
 	ZSTD_DCtx *dctx = NULL;
 	ZSTD_inBuffer src;
 	ZSTD_outBuffer dst;
@@ -119,9 +122,10 @@ PyObject *zstd_decompress_py(PyObject *module, PyObject *args, PyObject *kwargs)
 	while (src.size > 0) {
 		dst.dst = PyBytes_AS_STRING(out);
 		dst.size = cap;
-		Py_BEGIN_ALLOW_THREADS rc = ZSTD_decompressStream(dctx, &dst, &src);
-		Py_END_ALLOW_THREADS if (ZSTD_isError(rc))
-		{
+		ts = PyEval_SaveThread();
+		rc = ZSTD_decompressStream(dctx, &dst, &src);
+		PyEval_RestoreThread(ts);
+		if (ZSTD_isError(rc)) {
 			zstd_error("decompression", rc);
 			goto fail;
 		}
@@ -192,6 +196,7 @@ PyObject *zstd_decompress_view_py(PyObject *module, PyObject *args, PyObject *kw
 	Py_buffer in = {0};
 	Py_ssize_t max = ZSTD_DEFAULT_MAX;
 	ZSTD_DCtx *dctx = NULL;
+	PyThreadState *ts;
 	unsigned long long total;
 	char *buf = NULL;
 	size_t cap = 0, rc = 0;
@@ -231,10 +236,10 @@ PyObject *zstd_decompress_view_py(PyObject *module, PyObject *args, PyObject *kw
 			goto done;
 		}
 		if (total > 0) {
-			Py_BEGIN_ALLOW_THREADS rc =
-			    ZSTD_decompressDCtx(dctx, buf, (size_t)total, in.buf, (size_t)in.len);
-			Py_END_ALLOW_THREADS if (ZSTD_isError(rc))
-			{
+			ts = PyEval_SaveThread();
+			rc = ZSTD_decompressDCtx(dctx, buf, (size_t)total, in.buf, (size_t)in.len);
+			PyEval_RestoreThread(ts);
+			if (ZSTD_isError(rc)) {
 				zstd_error("decompression", rc);
 				goto done;
 			}
@@ -265,9 +270,10 @@ PyObject *zstd_decompress_view_py(PyObject *module, PyObject *args, PyObject *kw
 	for (;;) {
 		dst.dst = buf;
 		dst.size = cap;
-		Py_BEGIN_ALLOW_THREADS rc = ZSTD_decompressStream(dctx, &dst, &src);
-		Py_END_ALLOW_THREADS if (ZSTD_isError(rc))
-		{
+		ts = PyEval_SaveThread();
+		rc = ZSTD_decompressStream(dctx, &dst, &src);
+		PyEval_RestoreThread(ts);
+		if (ZSTD_isError(rc)) {
 			zstd_error("decompression", rc);
 			goto done;
 		}
@@ -309,10 +315,25 @@ done:
 
 /* ---- ZstdCompressor: one frame fed in chunks ---- */
 
+/* The compression runs with the GIL released, so two threads could be inside one ZSTD_CCtx
+ * at once (a writer fed from threads): lock serializes every use of cctx. */
 typedef struct {
-	PyObject_HEAD ZSTD_CCtx *cctx;
+	PyObject ob_base; /* PyObject_HEAD */
+	ZSTD_CCtx *cctx;
+	PyThread_type_lock lock;
 	int level;
 } zstd_compressor;
+
+/* Takes self->lock, waiting for it without holding the GIL. */
+static void zstd_compressor_lock(zstd_compressor *self)
+{
+	if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+		PyThreadState *ts = PyEval_SaveThread();
+
+		PyThread_acquire_lock(self->lock, WAIT_LOCK);
+		PyEval_RestoreThread(ts);
+	}
+}
 
 static int zstd_compressor_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
@@ -325,20 +346,28 @@ static int zstd_compressor_init(PyObject *op, PyObject *args, PyObject *kwargs)
 		return -1;
 	if (!zstd_level_ok(level))
 		return -1;
+	if (self->lock == NULL && (self->lock = PyThread_allocate_lock()) == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	zstd_compressor_lock(self);
 	if (self->cctx == NULL)
 		self->cctx = ZSTD_createCCtx();
 	if (self->cctx == NULL) {
+		PyThread_release_lock(self->lock);
 		PyErr_NoMemory();
 		return -1;
 	}
 	ZSTD_CCtx_reset(self->cctx, ZSTD_reset_session_and_parameters);
 	rc = ZSTD_CCtx_setParameter(self->cctx, ZSTD_c_compressionLevel, level);
+	if (!ZSTD_isError(rc))
+		/* a checksum in every frame: a reader detects corrupted compressed bytes */
+		rc = ZSTD_CCtx_setParameter(self->cctx, ZSTD_c_checksumFlag, 1);
+	PyThread_release_lock(self->lock);
 	if (ZSTD_isError(rc)) {
 		zstd_error("setup", rc);
 		return -1;
 	}
-	/* A checksum in every frame, so a reader detects corruption of the compressed bytes. */
-	ZSTD_CCtx_setParameter(self->cctx, ZSTD_c_checksumFlag, 1);
 	self->level = level;
 	return 0;
 }
@@ -349,38 +378,44 @@ static PyObject *zstd_compressor_run(zstd_compressor *self, const void *buf, siz
 {
 	ZSTD_inBuffer src = {buf, len, 0};
 	ZSTD_outBuffer dst;
-	PyObject *out;
+	PyObject *out = NULL;
+	PyThreadState *ts;
 	size_t cap = ZSTD_CStreamOutSize() + ZSTD_compressBound(len), rc;
 
-	if (self->cctx == NULL) {
+	if (self->cctx == NULL || self->lock == NULL) {
 		PyErr_SetString(PyExc_ValueError, "ZstdCompressor is not initialised");
 		return NULL;
 	}
+	zstd_compressor_lock(self);
 	out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
 	if (out == NULL)
-		return NULL;
+		goto done;
 	dst.pos = 0;
 	for (;;) {
 		dst.dst = PyBytes_AS_STRING(out);
 		dst.size = cap;
-		Py_BEGIN_ALLOW_THREADS rc = ZSTD_compressStream2(self->cctx, &dst, &src, mode);
-		Py_END_ALLOW_THREADS if (ZSTD_isError(rc))
-		{
-			Py_DECREF(out);
+		ts = PyEval_SaveThread();
+		rc = ZSTD_compressStream2(self->cctx, &dst, &src, mode);
+		PyEval_RestoreThread(ts);
+		if (ZSTD_isError(rc)) {
+			Py_CLEAR(out);
 			/* the frame is unusable now; start over cleanly on the next call */
 			ZSTD_CCtx_reset(self->cctx, ZSTD_reset_session_only);
-			return zstd_error("compression", rc);
+			zstd_error("compression", rc);
+			goto done;
 		}
 		if (mode == ZSTD_e_end ? rc == 0 : src.pos == src.size)
 			break;
 		if (dst.pos == dst.size) {
 			cap *= 2;
 			if (_PyBytes_Resize(&out, (Py_ssize_t)cap) < 0)
-				return NULL;
+				goto done; /* out is NULL */
 		}
 	}
 	if (_PyBytes_Resize(&out, (Py_ssize_t)dst.pos) < 0)
-		return NULL;
+		out = NULL;
+done:
+	PyThread_release_lock(self->lock);
 	return out;
 }
 
@@ -414,6 +449,8 @@ static void zstd_compressor_dealloc(PyObject *op)
 	PyTypeObject *tp = Py_TYPE(op);
 
 	ZSTD_freeCCtx(self->cctx);
+	if (self->lock != NULL)
+		PyThread_free_lock(self->lock);
 	tp->tp_free(op);
 	Py_DECREF(tp);
 }

@@ -2378,6 +2378,15 @@ static void s3_rmdir_listed(struct http_call *c, int rc, const struct err *ce)
 static int s3_rmdir(struct backend_ctx *ctx, const struct uri *u, const struct backend_sink *s,
                     struct backend_op **out, struct err *e)
 {
+	/* Never the root of an --allow prefix (as file:// refuses): with --allow s3://bkt/, a
+	 * bucket-level RMDIR would delete what the server was told to serve. Only a
+	 * scheme-wide --allow (s3://) makes a bucket itself removable. */
+	const struct uri_allow *a = uri_policy_match(ctx->policy, u->scheme, u->path);
+	size_t plen = u->path_len + (u->path[u->path_len - 1] != '/');
+	if (a && plen <= a->prefix_len)
+		return err_set(e, WIRE_E_PERMISSION,
+		               "%s: is the root of the allowed prefix %s: not removed", u->text,
+		               a->text);
 	struct backend_op *op = s3_op_new(ctx, u, S3_RMDIR, s, e);
 	if (!op)
 		return -e->code;

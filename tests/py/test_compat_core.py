@@ -408,3 +408,119 @@ def test_put_bytes_takes_objects_with_dunder_bytes(s3, scratch):
         s3.put_bytes(base + "d.bin", object())
     with pytest.raises(TypeError):
         s3.put_bytes(base + "e.bin", "a str is not bytes")
+
+
+def test_zstd_compressor_shared_by_threads():
+    """One compressor fed from several threads at once (a writer used from threads): the C
+    side serializes the calls, so nothing crashes (run in a child: a crash is a signal) and
+    the compressor stays usable."""
+    out = s3dtest.run_py("""
+        import os, threading
+        from s3dlio import _core as c
+        k = c.ZstdCompressor(1)
+        chunks = [os.urandom(1 << 20) for i in range(8)]  # incompressible: long calls
+        def feed():
+            for _ in range(25):
+                for ch in chunks:
+                    k.compress(ch)
+                k.flush()
+        ts = [threading.Thread(target=feed) for _ in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        whole = b"".join(chunks)
+        z = b"".join(k.compress(ch) for ch in chunks) + k.flush()
+        assert c.zstd_decompress(z, max_size=len(whole)) == whole
+        print("ok")
+    """, timeout=600)
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_upload_refuses_two_files_with_one_name(s3, scratch, tmp_path):
+    _, base = scratch
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "same.bin").write_bytes(d.encode())
+    with pytest.raises(ValueError) as ei:
+        s3.upload([str(tmp_path / "a" / "same.bin"), str(tmp_path / "b" / "same.bin")],
+                  base + "dup/")
+    assert "same.bin" in str(ei.value)
+    assert s3.list(base + "dup/") == []                      # nothing stored
+
+
+def test_download_files_get_the_umask_mode(s3, scratch, tmp_path):
+    _, base = scratch
+    s3.put_bytes(base + "m/x.bin", b"mode")
+    s3.download(base + "m/", str(tmp_path / "out"))
+    mode = os.stat(tmp_path / "out" / "x.bin").st_mode & 0o777
+    old = os.umask(0)
+    os.umask(old)
+    assert mode == 0o666 & ~old
+
+
+def test_upload_of_a_file_truncated_meanwhile_does_not_kill(s3dlio_mod, server, tmp_path):
+    """Another program truncating a file while it uploads: the upload stores what it read
+    (or fails cleanly); the process must not die of SIGBUS (as from a shared mapping)."""
+    src = tmp_path / "big.bin"
+    out = s3dtest.run_py(f"""
+        import os, threading, time, s3dlio
+        s3dlio.connect({server.tcp_url!r})
+        p = {str(src)!r}
+        for attempt in range(8):
+            with open(p, "wb") as f:
+                f.truncate(256 << 20)          # sparse: quick to read
+            delay = 0.002 * (attempt + 1)
+            t = threading.Thread(target=lambda: (time.sleep(delay), os.truncate(p, 0)))
+            t.start()
+            try:
+                s3dlio.upload(p, "file://{tmp_path}/dst/")
+            except Exception as e:
+                print("raised", type(e).__name__)
+            t.join()
+        print("alive")
+    """, check=False, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("alive"), out.stderr[-2000:]
+
+
+def test_download_to_a_full_filesystem_raises(s3dlio_mod, server, data, tmp_path):
+    """A full disk is an OSError (ENOSPC) naming the file, never a SIGBUS; nothing half
+    written is left behind. Runs where a private 1 MiB tmpfs can be mounted (unshare)."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    code = f"""
+        import errno, os, s3dlio
+        s3dlio.connect({server.tcp_url!r})
+        d = {str(mnt)!r} + "/out"
+        os.makedirs(d)
+        fd = os.open({str(mnt)!r} + "/filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\\0" * 65536)
+        except OSError:
+            pass
+        os.close(fd)
+        os.unlink({str(mnt)!r} + "/filler")
+        fd = os.open({str(mnt)!r} + "/filler", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, b"\\0" * (900 << 10))   # leave about 100 KiB
+        os.close(fd)
+        try:
+            s3dlio.download({data.uri("sizes") + "/"!r}, d)
+            print("no error")
+        except OSError as e:
+            print("oserror", e.errno == errno.ENOSPC, "size_" in str(e))
+        print("left", sorted(n for n in os.listdir(d) if n.startswith(".")))
+    """
+    import sys
+    import textwrap
+    script = tmp_path / "full.py"
+    script.write_text(textwrap.dedent(code))
+    p = subprocess.run(["unshare", "-rm", "sh", "-c",
+                        f"mount -t tmpfs -o size=1m tmpfs {mnt} && exec {sys.executable} {script}"],
+                       capture_output=True, text=True, timeout=300)
+    if "mount" in p.stderr and p.returncode != 0 and "oserror" not in p.stdout:
+        pytest.skip("cannot mount a private tmpfs here: " + p.stderr.strip()[-200:])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "oserror True True" in p.stdout, p.stdout
+    assert "left []" in p.stdout, p.stdout

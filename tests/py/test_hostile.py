@@ -626,3 +626,54 @@ def test_raw_delete_and_stat_outside_allow(hsrv, data):
         _check_error_frame(r.error)
         assert r.error[2] == E_PERMISSION
     assert os.path.exists(os.path.join(data.outside, "secret.bin"))
+
+
+# ---- store names that would point a signed request elsewhere ----
+def test_bucket_names_cannot_name_another_host(s3dlio_mod, tmp_path):
+    """With --allow s3:// (every bucket) and virtual-hosted addressing, the bucket is the
+    request's host: "127.0.0.1:PORT#" would send the server's signed request (and its
+    session token) to a listener the client chose. Such names are refused before any
+    request leaves the server."""
+    import socket
+    import threading
+
+    import cloudemu
+    got = []
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(5)
+    ls.settimeout(0.2)
+    port = ls.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            got.append(c.recv(65536))
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstole")
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    env = cloudemu.s3_env("http://127.0.0.1:9", AWS_SESSION_TOKEN="SESSION-SECRET")
+    srv = s3dtest.start_server(["s3://", "az://", "gs://"], env=env,
+                               extra=["--s3-path-style", "0"])
+    try:
+        c = s3dlio_mod.Client(srv.url)
+        for uri in (f"s3://127.0.0.1:{port}#/key", f"s3://127.0.0.1:{port}?/key",
+                    f"s3://x@127.0.0.1:{port}/key", f"gs://127.0.0.1:{port}#/o",
+                    f"az://127.0.0.1:{port}#/c/b"):
+            with pytest.raises(ValueError) as ei:
+                c.get(uri)
+            assert "not a valid" in str(ei.value) and isinstance(ei.value, RuntimeError)
+            with pytest.raises(ValueError):
+                c.mkdir(uri.rsplit("/", 1)[0])
+        assert got == []
+    finally:
+        stop.set()
+        t.join()
+        ls.close()
+        srv.stop()

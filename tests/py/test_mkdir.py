@@ -449,13 +449,14 @@ def _gs_server(endpoint, buckets, project="proj-x"):
     env.pop("GOOGLE_CLOUD_PROJECT", None)
     if project:
         env["GOOGLE_CLOUD_PROJECT"] = project
-    return s3dtest.start_server([f"gs://{b}/" for b in buckets], threads=1,
-                                extra=cloudemu.CLOUD_FLAGS, env=env)
+    allow = [f"gs://{b}/" if b else "gs://" for b in buckets]  # "": every bucket
+    return s3dtest.start_server(allow, threads=1, extra=cloudemu.CLOUD_FLAGS, env=env)
 
 
 def test_gs_bucket_insert_request(fake_gcs):
     from s3dlio import _core
-    srv = _gs_server(fake_gcs.endpoint, ["new-bucket", "taken-by-me", "taken-by-other"])
+    # scheme-wide: a bucket that is itself an --allow root is never removed (rmdir below)
+    srv = _gs_server(fake_gcs.endpoint, [""])
     try:
         with _core.Client(srv.tcp_url) as c:
             c.mkdir("gs://new-bucket")
@@ -572,8 +573,8 @@ def test_gs_emulator_prefixes_and_missing_bucket_calls(gcs_emu):
             c.rmdir("gs://emub/dir")
             with pytest.raises(RuntimeError, match="HTTP 501"):
                 c.mkdir("gs://emub")
-            with pytest.raises(RuntimeError, match="HTTP 501"):
-                c.rmdir("gs://emub")
+            with pytest.raises(PermissionError, match="root of the allowed prefix"):
+                c.rmdir("gs://emub")   # an --allow root is never removed
     finally:
         cloudemu.stop_server(srv)
 
@@ -611,9 +612,8 @@ def test_s3_mkdir_rmdir_bucket(s3emu, s3srv):
         c.mkdir("s3://pre-existing")          # made by someone with our keys: ours
         c.mkdir("s3://made-here/a/b/c")       # a prefix: nothing to do
         boto.put_object(Bucket="made-here", Key="dir/x", Body=b"x")
-        with pytest.raises(ValueError) as ei:
-            c.rmdir("s3://made-here")
-        assert "not empty" in str(ei.value) and "s3://made-here/dir/x" in str(ei.value)
+        with pytest.raises(PermissionError, match="root of the allowed prefix"):
+            c.rmdir("s3://made-here")         # an --allow root, full or not
         with pytest.raises(ValueError, match="not empty"):
             c.rmdir("s3://made-here/dir")
         c.rmdir("s3://made-here/di")          # dir/x is not under di/
@@ -621,11 +621,11 @@ def test_s3_mkdir_rmdir_bucket(s3emu, s3srv):
         assert "made-here" in _buckets(boto)
         boto.delete_object(Bucket="made-here", Key="dir/x")
         c.rmdir("s3://made-here/dir")
-        c.rmdir("s3://made-here/")
-        assert "made-here" not in _buckets(boto)
-        with pytest.raises(FileNotFoundError) as ei:
-            c.rmdir("s3://made-here")
-        assert "NoSuchBucket" in str(ei.value)
+        # the bucket is the root of an --allow prefix: never removed (as a file:// root)
+        with pytest.raises(PermissionError) as ei:
+            c.rmdir("s3://made-here/")
+        assert "root of the allowed prefix" in str(ei.value)
+        assert "made-here" in _buckets(boto)
         with pytest.raises(ValueError) as ei:
             c.mkdir("s3://Bad_Name")
         assert "InvalidBucketName" in str(ei.value) and "s3://Bad_Name" in str(ei.value)
@@ -647,10 +647,16 @@ def test_s3_scheme_wide_allow_creates_any_bucket(s3emu):
                 c.put_bytes(f"s3://{name}/k", name.encode())
                 assert bytes(c.get(f"s3://{name}/k")) == name.encode()
             assert {"wide-one", "wide-two"} <= set(_buckets(boto))
+            with pytest.raises(ValueError) as ei:
+                c.rmdir("s3://wide-one")
+            assert "not empty" in str(ei.value) and "s3://wide-one/k" in str(ei.value)
             for name in ("wide-one", "wide-two"):
                 c.delete(f"s3://{name}/k")
                 c.rmdir(f"s3://{name}/")
             assert not {"wide-one", "wide-two"} & set(_buckets(boto))
+            with pytest.raises(FileNotFoundError) as ei:
+                c.rmdir("s3://wide-one")
+            assert "NoSuchBucket" in str(ei.value)
             with pytest.raises(ValueError, match="no bucket"):
                 c.mkdir("s3://")
             with pytest.raises(PermissionError):
@@ -730,8 +736,9 @@ def test_az_mkdir_rmdir_container(azemu):
         assert st == 200
         return body
 
-    srv = s3dtest.start_server([f"az://{acct}/newc/", f"az://{acct}/pre-made/"], threads=2,
-                               extra=cloudemu.CLOUD_FLAGS, env=cloudemu.az_env(ep))
+    # scheme-wide: a container that is itself an --allow root is never removed
+    srv = s3dtest.start_server(["az://"], threads=2, extra=cloudemu.CLOUD_FLAGS,
+                               env=cloudemu.az_env(ep))
     try:
         with _core.Client(srv.tcp_url) as c:
             c.mkdir(f"az://{acct}/newc")

@@ -185,6 +185,42 @@ static void test_parse_errors(void **state)
 	free(big);
 }
 
+/* Bucket, account and container names reach the store's URL (an account, or a
+ * virtual-hosted bucket, is the host): a name that could point elsewhere is refused. */
+static void expect_bad_name(const char *s, const char *needle)
+{
+	expect_parse_error(s, strlen(s), WIRE_E_INVALID, needle);
+}
+
+static void test_parse_store_names(void **state)
+{
+	struct uri u;
+	struct err e;
+
+	(void)state;
+	expect_bad_name("s3://127.0.0.1:8080#/key", "not a valid bucket name");
+	expect_bad_name("s3://evil?/key", "not a valid bucket name");
+	expect_bad_name("s3://a@b/key", "bucket");
+	expect_bad_name("s3://a%2fb/key", "bucket");
+	expect_bad_name("s3://.hidden/key", "bucket");
+	expect_bad_name("gs://b#x/o", "bucket");
+	expect_bad_name("az://evil.example:443/c/blob", "storage account");
+	expect_bad_name("az://account/c?sv=x/blob", "container");
+	expect_bad_name("az://waytoolongaccountname123456/c/b", "storage account");
+	expect_bad_name("az://evil.example/c/b", "storage account");
+	/* names of real stores and emulators are fine */
+	const char *ok[] = {"s3://my-bucket.v2/k",
+	                    "s3://Legacy_Bucket/k",
+	                    "gs://a.b-c_d/o",
+	                    "az://devstoreaccount1/container-1/x/y",
+	                    "az://acct/$root/blob",
+	                    "s3://b",
+	                    "az://acct"};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		if (uri_parse_str(ok[i], &u, &e) != 0)
+			fail_msg("%s refused: %s", ok[i], e.msg);
+}
+
 /* ---- allow matching ---- */
 
 static void test_allow_matching(void **state)
@@ -443,6 +479,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_ok),
 	    cmocka_unit_test(test_parse_errors),
+	    cmocka_unit_test(test_parse_store_names),
 	    cmocka_unit_test(test_allow_everything_and_nothing),
 	    cmocka_unit_test_setup_teardown(test_allow_matching, tree_setup, tree_teardown),
 	    cmocka_unit_test_setup_teardown(test_confinement_openat2, tree_setup, tree_teardown),
