@@ -9,16 +9,19 @@ _checkpoint_common, file-like objects in _checkpoint_files.
 
 Layout under a base URI (the original's):
 
-    shards/[rr/XX/|bin/BBBB/]ckpt-{step}/rank-{r}.bin[.zst]   one shard per rank
+    shards/[rr/XX/|bin/BBBB/]ckpt-{step}/rank-{r}.{nonce}.bin[.zst]   one shard per rank and
+                                    save ({nonce}: random per save, so a second save of a
+                                    step never overwrites the shards of its complete one)
     manifests/ckpt-{step}.json      {format_version, framework, global_step, epoch, wall_time,
                                      world_size, status, user_meta, shards: [{rank, key,
                                      size, etag, checksum}]}
     latest.json                     {manifest_key, global_step, ts}
 
 Differences from the original, on purpose (its defects):
-- The checkpoint id is ``ckpt-{step}``: every rank of a step computes the same paths without
-  talking to the others; rank 0 picks the timestamp at finalize. The original's
-  ``ckpt-{step}-{ts}`` checkpoints still load.
+- The checkpoint id is ``ckpt-{step}``: ranks need not agree on a timestamp (each record
+  carries its shard key); rank 0 picks the timestamp at finalize. The original's
+  ``ckpt-{step}-{ts}`` checkpoints (and this package's earlier ``rank-{r}.bin`` shards) still
+  load.
 - Every shard record carries ``checksum: "crc32c:xxxxxxxx"``, and readers check it (and the
   size) before handing bytes out (CheckpointError on a mismatch); manifests without one are
   checked for size only.
@@ -35,8 +38,8 @@ import numbers
 from . import _core
 from ._checkpoint_common import (LATEST, SHARD_RE, SIDECAR, CheckpointError, as_bytes,
                                  as_view, base_uri, buffer_arg, crc32c, decode, fmt_crc,
-                                 get_json, json_meta, level_arg, put_json, strategy_arg,
-                                 ts_of_wall_time, uint)
+                                 get_json, json_meta, level_arg, put_json, shard_key_matches,
+                                 strategy_arg, ts_of_wall_time, uint)
 from ._checkpoint_files import ObjectReader, ObjectWriter, open_reader, open_writer
 from ._checkpoint_reader import CheckpointReader
 from ._checkpoint_writer import CheckpointStream, CheckpointWriter
@@ -239,7 +242,7 @@ class CheckpointStore:
 
     def _step_shards(self, r, step):
         """Stored shard keys of step found by listing: its flat directory and the subtree of
-        this store's strategy (shards written without a manifest: a crash before finalize)."""
+        this store's strategy (every save's shards, also those of saves never finalized)."""
         c = _client()
         prefixes = ["shards/ckpt-%d/" % step]
         if self.strategy == "round_robin":
@@ -253,15 +256,17 @@ class CheckpointStore:
             except FileNotFoundError:
                 continue
             for u in uris:
-                m = SHARD_RE.match(u[len(self.base):]) if u.startswith(self.base) else None
-                if m and not m.group("base") and int(m.group("step")) == step:
+                if u.startswith(self.base) and shard_key_matches(u[len(self.base):], step):
                     keys.add(u[len(self.base):])
         return keys
 
     def delete_checkpoint(self, step):
         """Deletes step's checkpoint. latest.json is moved first (to the newest other
         complete checkpoint, or removed), so it never names a deleted checkpoint; then the
-        manifests, then the shards. Returns True when something was deleted."""
+        manifests, then the shards of every save of the step: those its manifests name and
+        those found by listing. Only shard keys of that step (and the record's rank) under
+        the base are deleted, whatever else a damaged manifest lists. Returns True when
+        something was deleted."""
         step = uint(step, "step")
         r = self.reader()
         c = _client()
@@ -293,9 +298,12 @@ class CheckpointStore:
         for k in keys:
             try:
                 m = r.load_manifest(k)
-                shard_keys.update(s["key"] for s in m.get("shards") or [] if "key" in s)
             except (FileNotFoundError, CheckpointError):
-                pass
+                m = {}
+            shards = m.get("shards")
+            for s in shards if isinstance(shards, list) else []:
+                if isinstance(s, dict) and shard_key_matches(s.get("key"), step, s.get("rank")):
+                    shard_keys.add(s["key"])
             try:
                 c.delete(self.base + k)
             except FileNotFoundError:
@@ -394,8 +402,10 @@ def _load(uri, missing_ok):
     except FileNotFoundError:
         rec = None
     if rec is not None:
-        return decode(uri, _client().get(uri), rec)
-    shard = SHARD_RE.match(uri)
+        if not isinstance(rec, dict):
+            raise CheckpointError("%s: not a checksum record" % (uri + SIDECAR))
+        return decode(uri, _client().get(uri), rec, shard=False)
+    shard = SHARD_RE.fullmatch(uri)
     if shard and shard.group("base"):
         sr = CheckpointReader(shard.group("base"))
         key = uri[len(sr.base):]

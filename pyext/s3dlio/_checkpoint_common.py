@@ -4,22 +4,30 @@ decoding of a shard's stored bytes. Stores are reached through s3dlio's data cal
 
 Key layout under a base URI (the original s3dlio's, with the checkpoint id ``ckpt-{step}``):
 
-    flat          shards/ckpt-{step}/rank-{r}.bin
-    round_robin   shards/rr/{r % 16:02x}/ckpt-{step}/rank-{r}.bin
-    binary        shards/bin/{first 4 of r as 8 binary digits}/ckpt-{step}/rank-{r}.bin
+    flat          shards/ckpt-{step}/rank-{r}.{nonce}.bin
+    round_robin   shards/rr/{r % 16:02x}/ckpt-{step}/rank-{r}.{nonce}.bin
+    binary        shards/bin/{first 4 of r as 8 binary digits}/ckpt-{step}/rank-{r}.{nonce}.bin
     compressed    the same + ".zst" (one zstd frame)
     manifests/ckpt-{step}.json, latest.json
+
+{nonce} (12 hex digits) is drawn anew for every save of a shard: a second save of a step
+never overwrites the shards that the step's complete manifest (and latest.json) name, so a
+crash during it leaves the previous checkpoint loadable. Ranks need not agree on it: each
+rank's record carries its key. Readers also take the layouts written before: this package's
+``rank-{r}.bin`` and the original's ``ckpt-{step}-{ts}`` directories.
 
 Compressed shards: the record's ``size`` and ``checksum`` cover the bytes as stored (the zstd
 frame), so a corrupted object is caught before it is decompressed, and ``size`` is what the
 backend holds, as with the original (its ShardMeta.size came from stat). The record adds
 ``compression: "zstd"``, ``uncompressed_size`` and ``uncompressed_checksum``, checked after
-decompression (which is bounded by ``uncompressed_size``).
+decompression. Decompression is always bounded: by ``uncompressed_size``, or, for a record
+without it (the original's manifests), by max(64 MiB, 1024 x the stored size).
 """
 
 import datetime
 import json
 import numbers
+import os
 import re
 import warnings
 
@@ -36,11 +44,20 @@ _MAX_LEVEL = 22  # the original clamps zstd levels to 1..22
 
 crc32c = _core.crc32c
 
-# manifests/ckpt-{step}.json (ours) or manifests/ckpt-{step}-{ts}.json (the original's)
-MANIFEST_RE = re.compile(r"(?:^|/)manifests/ckpt-(\d+)(?:-([^/]+))?\.json$")
-# a shard key of any strategy, ours or the original's, compressed or not, after its base
-SHARD_RE = re.compile(r"^(?P<base>(?:.*/)?)shards/(?:rr/[0-9a-f]{2}/|bin/[01]{4}/)?"
-                      r"ckpt-(?P<step>\d+)(?:-[^/]+)?/rank-(?P<rank>\d+)\.bin(?:\.zst)?$")
+# The original's ts part of an id (%Y%m%d-%H%M%S), loosely: no '/', no control characters.
+_TS = r"[0-9A-Za-z_.:+-]+"
+# manifests/ckpt-{step}.json (ours) or manifests/ckpt-{step}-{ts}.json (the original's),
+# relative to the base (fullmatch)
+MANIFEST_RE = re.compile(r"manifests/ckpt-(\d+)(?:-(%s))?\.json" % _TS)
+# a shard key of any strategy, ours (with or without a nonce) or the original's, compressed
+# or not, after its base (fullmatch)
+NONCE_HEX = 12
+SHARD_RE = re.compile(r"(?P<base>(?:.*/)?)shards/(?:rr/[0-9a-f]{2}/|bin/[01]{4}/)?"
+                      r"ckpt-(?P<step>\d+)(?:-%s)?/rank-(?P<rank>\d+)(?:\.[0-9a-f]{%d})?"
+                      r"\.bin(?:\.zst)?" % (_TS, NONCE_HEX))
+# Decompression bound of a compressed shard whose record has no uncompressed_size.
+UNBOUNDED_MIN = 64 << 20
+UNBOUNDED_RATIO = 1024
 
 
 class CheckpointError(_core.Error):
@@ -154,7 +171,14 @@ def checkpoint_id(step):
     return "ckpt-%d" % step
 
 
-def shard_key(step, rank, strategy="flat", compressed=False):
+def new_nonce():
+    """A fresh attempt id for a shard key (random: writers of one step need not agree)."""
+    return os.urandom(NONCE_HEX // 2).hex()
+
+
+def shard_key(step, rank, strategy="flat", compressed=False, nonce=None):
+    """rank's shard key for step; nonce None gives the key without one (this package's
+    earlier layout, still read)."""
     cid = checkpoint_id(step)
     if strategy == "round_robin":
         d = "shards/rr/%02x/%s" % (rank % 16, cid)  # 16 prefixes against S3 hot spots
@@ -162,18 +186,27 @@ def shard_key(step, rank, strategy="flat", compressed=False):
         d = "shards/bin/%s/%s" % (format(rank, "08b")[:4], cid)
     else:
         d = "shards/" + cid
-    return "%s/rank-%d.bin%s" % (d, rank, ZSTD_EXT if compressed else "")
+    return "%s/rank-%d%s.bin%s" % (d, rank, "." + nonce if nonce else "",
+                                    ZSTD_EXT if compressed else "")
 
 
 def manifest_key(step):
     return "manifests/%s.json" % checkpoint_id(step)
 
 
-def shard_key_matches(key, step, rank):
-    """True when key is a shard key (any strategy, ours or the original's) of step and rank."""
-    m = SHARD_RE.match(key) if isinstance(key, str) else None
-    return bool(m) and not m.group("base") and int(m.group("step")) == step \
-        and int(m.group("rank")) == rank
+def manifest_key_ok(key):
+    """True when key (relative to a base) has the form of a manifest key, ours or the
+    original's; what latest.json names is only followed then."""
+    return isinstance(key, str) and MANIFEST_RE.fullmatch(key) is not None
+
+
+def shard_key_matches(key, step, rank=None):
+    """True when key (relative to a base) is a shard key of step (and rank, unless None), of
+    any strategy and any layout, ours or the original's."""
+    m = SHARD_RE.fullmatch(key) if isinstance(key, str) else None
+    if not m or m.group("base") or int(m.group("step")) != step:
+        return False
+    return rank is None or (isinstance(rank, int) and int(m.group("rank")) == rank)
 
 
 def now_stamps():
@@ -249,23 +282,49 @@ def verify(uri, buf, nbytes, rec):
     check_bytes(uri, buf, nbytes, rec.get("size"), rec.get("checksum"))
 
 
-def decode(uri, stored, rec):
-    """The shard's bytes from its stored object: checked against rec, then, for a ".zst" key,
-    decompressed straight into a BytesView and checked against the uncompressed size and
-    CRC32C. An uncompressed shard comes back as it was given (a BytesView: zero-copy)."""
+def is_compressed(uri, rec, shard):
+    """True when the object at uri, described by rec, is a zstd frame: the record says
+    ``compression: "zstd"``. A shard record without a "compression" key (the original's
+    manifests) is compressed when its name ends in ".zst", as the original decided; never
+    the record of an object saved by save_checkpoint (its name is the user's)."""
+    if "compression" not in rec:
+        return shard and uri.endswith(ZSTD_EXT)
+    c = rec["compression"]
+    if c is None or c == "none":
+        return False
+    if c != "zstd":
+        raise CheckpointError("%s: unknown compression %r in its record" % (uri, c))
+    return True
+
+
+def _decompress_limit(uri, rec, stored_size):
+    """(limit, why): the most bytes uri's frame may decompress to."""
+    raw = rec.get("uncompressed_size")
+    if raw is None:
+        return (max(UNBOUNDED_MIN, UNBOUNDED_RATIO * stored_size),
+                "no uncompressed_size recorded: max(64 MiB, 1024 x the stored size)")
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise CheckpointError("%s: invalid uncompressed_size %r in its record" % (uri, raw))
+    return raw, "the record's uncompressed_size"
+
+
+def decode(uri, stored, rec, shard):
+    """The bytes of the object at uri from its stored bytes: checked against rec (a shard
+    record when shard, else a save_checkpoint sidecar), then, when compressed (see
+    is_compressed), decompressed straight into a BytesView, within a bound, and checked
+    against the uncompressed size and CRC32C. An uncompressed object comes back as it was
+    given (a BytesView: zero-copy)."""
     verify(uri, stored, len(stored), rec)
-    if not uri.endswith(ZSTD_EXT):
+    if not is_compressed(uri, rec, shard):
         return stored
-    raw_size = rec.get("uncompressed_size")
+    limit, why = _decompress_limit(uri, rec, len(stored))
     try:
-        if raw_size is None:
-            out = _core.zstd_decompress_view(stored)
-        else:
-            out = _core.zstd_decompress_view(stored, raw_size)
+        out = _core.zstd_decompress_view(stored, limit)
     except ValueError as e:
-        raise CheckpointError("%s: corrupted compressed shard: %s" % (uri, e)) from None
-    check_bytes(uri, out, len(out), raw_size, rec.get("uncompressed_checksum"),
-                "shard (after decompression)")
+        raise CheckpointError("%s: corrupted compressed shard: %s (limit %d bytes: %s)"
+                              % (uri, e, limit, why)) from None
+    check_bytes(uri, out, len(out), rec.get("uncompressed_size"),
+                rec.get("uncompressed_checksum"), "shard (after decompression)")
     return out
 
 

@@ -4,6 +4,7 @@ demand, the whole object's CRC32C checked when read in order). Checkpoint shards
 through CheckpointWriter.open_shard / CheckpointReader.open_shard."""
 
 import io
+import threading
 
 from ._checkpoint_common import CheckpointError, crc32c
 from ._server import client as _client
@@ -18,10 +19,13 @@ class ObjectWriter(io.RawIOBase):
     Memory: the client has no streaming upload yet, so the writer holds the whole object in
     one growing bytearray until close(): the checkpoint once in memory, not twice (no
     BytesIO + getvalue() copy). Nothing is stored if close() is not reached (or on an
-    exception inside ``with``): a partial object is never written."""
+    exception inside ``with``): a partial object is never written. Calls from several threads
+    are serialized (a lock): each write goes in whole, and a write that returned is in what
+    close() stores (after close, write raises ValueError as files do)."""
 
     def __init__(self, uri, _on_close=None):
         super().__init__()
+        self._lock = threading.Lock()
         self.uri = uri
         self._buf = bytearray()
         self._pos = 0
@@ -39,57 +43,61 @@ class ObjectWriter(io.RawIOBase):
         return False
 
     def write(self, b):
-        if self.closed:
-            raise ValueError("write to a closed ObjectWriter")
         mv = memoryview(b).cast("B")
         n = len(mv)
-        end = self._pos + n
-        if self._pos == len(self._buf):
-            self._buf += mv
-        else:
-            if end > len(self._buf):
-                self._buf.extend(bytes(end - len(self._buf)))
-            self._buf[self._pos:end] = mv
-        self._pos = end
+        with self._lock:
+            if self.closed:
+                raise ValueError("write to a closed ObjectWriter")
+            end = self._pos + n
+            if self._pos == len(self._buf):
+                self._buf += mv
+            else:
+                if end > len(self._buf):
+                    self._buf.extend(bytes(end - len(self._buf)))
+                self._buf[self._pos:end] = mv
+            self._pos = end
         return n
 
     def tell(self):
         return self._pos
 
     def seek(self, offset, whence=io.SEEK_SET):
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = len(self._buf) + offset
-        else:
-            raise ValueError("invalid whence %r" % (whence,))
-        if pos < 0:
-            raise ValueError("negative seek position %d" % pos)
-        self._pos = pos
-        return pos
+        with self._lock:
+            if whence == io.SEEK_SET:
+                pos = offset
+            elif whence == io.SEEK_CUR:
+                pos = self._pos + offset
+            elif whence == io.SEEK_END:
+                pos = len(self._buf) + offset
+            else:
+                raise ValueError("invalid whence %r" % (whence,))
+            if pos < 0:
+                raise ValueError("negative seek position %d" % pos)
+            self._pos = pos
+            return pos
 
     def truncate(self, size=None):
-        size = self._pos if size is None else size
-        del self._buf[size:]
-        return size
+        with self._lock:
+            size = self._pos if size is None else size
+            del self._buf[size:]
+            return size
 
     def flush(self):
         pass
 
     def close(self):
-        if self.closed:
-            return
-        try:
-            if not self._discard:
-                if self._on_close is not None:
-                    self.record = self._on_close(self._buf)
-                else:
-                    _client().put_bytes(self.uri, self._buf)
-        finally:
-            self._buf = bytearray()
-            super().close()
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                if not self._discard:
+                    if self._on_close is not None:
+                        self.record = self._on_close(self._buf)
+                    else:
+                        _client().put_bytes(self.uri, self._buf)
+            finally:
+                self._buf = bytearray()
+                super().close()
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:

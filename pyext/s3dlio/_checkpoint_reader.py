@@ -6,8 +6,9 @@ bytes out. Reads this package's layout and the original s3dlio's (ckpt-{step}-{t
 import io
 
 from . import _core
-from ._checkpoint_common import (LATEST, MANIFEST_RE, ZSTD_EXT, CheckpointError, as_view,
-                                 base_uri, check_bytes, decode, get_json, parse_crc, uint)
+from ._checkpoint_common import (LATEST, MANIFEST_RE, CheckpointError, as_view, base_uri,
+                                 check_bytes, decode, get_json, is_compressed,
+                                 manifest_key_ok, parse_crc, uint)
 from ._checkpoint_files import ObjectReader
 from ._server import client as _client
 
@@ -39,7 +40,7 @@ class CheckpointReader:
         for u in uris:
             if not u.startswith(self.base):
                 continue
-            m = MANIFEST_RE.search(u[len(self.base):])
+            m = MANIFEST_RE.fullmatch(u[len(self.base):])
             if m:
                 out.append((int(m.group(1)), m.group(2) or "", u[len(self.base):]))
         out.sort()
@@ -68,23 +69,34 @@ class CheckpointReader:
         for s in shards:
             try:
                 info = c.stat(self.base + s["key"])
-            except (FileNotFoundError, KeyError, TypeError):
-                return False
+            except (FileNotFoundError, KeyError, TypeError, ValueError):
+                return False  # missing, or a damaged record (no key, or one no URI can hold)
             if s.get("size") is not None and info["size"] != s["size"]:
                 return False
         return True
 
-    def load_latest_manifest(self):
-        """The manifest named by latest.json; when latest.json is missing, unreadable or
-        names a manifest that is not complete, the complete manifest of the highest step.
-        None when there is no complete checkpoint."""
+    def _latest_pointer(self):
+        """The manifest key latest.json names, or None when it is missing, not JSON, or
+        names anything but a manifest key (damaged or hostile: never followed)."""
         try:
             latest = get_json(self.base + LATEST)
-            m = self.load_manifest(latest["manifest_key"])
-            if m.get("status") == "complete":
-                return m
-        except (FileNotFoundError, CheckpointError, KeyError, TypeError):
-            pass
+        except (FileNotFoundError, CheckpointError):
+            return None
+        key = latest.get("manifest_key") if isinstance(latest, dict) else None
+        return key if manifest_key_ok(key) else None
+
+    def load_latest_manifest(self):
+        """The manifest named by latest.json; when latest.json is missing, unreadable, names
+        something other than a manifest key or a manifest that is not complete, the complete
+        manifest of the highest step. None when there is no complete checkpoint."""
+        key = self._latest_pointer()
+        if key is not None:
+            try:
+                m = self.load_manifest(key)
+                if m.get("status") == "complete":
+                    return m
+            except (FileNotFoundError, CheckpointError):
+                pass
         for _, _, key in reversed(self.manifests()):
             try:
                 m = self.load_manifest(key)
@@ -112,10 +124,10 @@ class CheckpointReader:
         return self.base + self.shard_record(manifest, rank)["key"]
 
     def read_record(self, rec):
-        """The shard bytes of a record, checked (and decompressed for a ".zst" key): a
-        BytesView of the stored object, or bytes when decompressed."""
+        """The shard bytes of a record, checked (and decompressed when compressed): a
+        BytesView of the stored object, or of the decompressed bytes."""
         uri = self.base + rec["key"]
-        return decode(uri, _client().get(uri), rec)
+        return decode(uri, _client().get(uri), rec, shard=True)
 
     def read_shard_by_rank(self, manifest, rank):
         """rank's shard as a BytesView (zero-copy for an uncompressed shard), its size and
@@ -127,7 +139,7 @@ class CheckpointReader:
         the shard's size), checks its size and CRC32C; returns the number of bytes."""
         rec = self.shard_record(manifest, rank)
         uri = self.base + rec["key"]
-        if uri.endswith(ZSTD_EXT):  # decompressed here, then copied in
+        if is_compressed(uri, rec, shard=True):  # decompressed here, then copied in
             data = self.read_record(rec)
             mv = memoryview(buffer).cast("B")
             if len(mv) < len(data):
@@ -146,7 +158,7 @@ class CheckpointReader:
         and checked whole, then served from memory."""
         rec = self.shard_record(manifest, rank)
         uri = self.base + rec["key"]
-        if uri.endswith(ZSTD_EXT):
+        if is_compressed(uri, rec, shard=True):
             return io.BytesIO(self.read_record(rec))
         return ObjectReader(uri, size=rec.get("size"),
                             checksum=parse_crc(rec.get("checksum")) if verify else None)

@@ -1,19 +1,22 @@
 """Writing checkpoints: CheckpointWriter (one per rank: its shard, and on rank 0 the manifest
 and latest.json) and CheckpointStream (a shard written chunk by chunk).
 
-Ranks need not talk to each other: a shard's key depends on the step, the rank and the
-store's strategy only; the timestamp is chosen by rank 0 when it finalizes. Commit order:
-every shard, then the manifest (status "complete", each shard's size and CRC32C), then
-latest.json, so a crash at any point leaves latest.json naming a complete checkpoint.
+Ranks need not talk to each other: a shard's key depends on the step, the rank, the store's
+strategy and a nonce drawn for each save (so a second save of a step never overwrites the
+shards a complete manifest names); every record carries its key to rank 0, which chooses the
+timestamp when it finalizes. Commit order: every shard, then the manifest (status
+"complete", each shard's size and CRC32C), then latest.json, so a crash at any point leaves
+latest.json naming a complete checkpoint.
 """
 
 import collections.abc
+import threading
 
 from . import _core
 from ._checkpoint_common import (FORMAT_VERSION, LATEST, CheckpointError, base_uri,
                                  buffer_arg, crc32c, epoch_arg, fmt_crc, framework_arg,
-                                 json_meta, level_arg, manifest_key, now_stamps, put_json,
-                                 shard_key, shard_key_matches, strategy_arg, uint)
+                                 json_meta, level_arg, manifest_key, new_nonce, now_stamps,
+                                 put_json, shard_key, shard_key_matches, strategy_arg, uint)
 from ._checkpoint_files import ObjectWriter
 from ._server import client as _client
 
@@ -52,19 +55,22 @@ class CheckpointWriter:
         return "ckpt-%d" % uint(step, "step")
 
     def shard_key(self, step, rank=None):
-        """The key (relative to the base) of rank's shard for step (default: this rank)."""
+        """A key (relative to the base) for one save of rank's shard for step (default: this
+        rank): shards/[rr/XX/|bin/BBBB/]ckpt-{step}/rank-{r}.{nonce}.bin[.zst], with a new
+        nonce on every call, so no save overwrites another's shard (the record carries the
+        key)."""
         rank = self.rank if rank is None else uint(rank, "rank")
         return shard_key(uint(step, "step"), rank, self.strategy,
-                         self.compression_level is not None)
+                         self.compression_level is not None, new_nonce())
 
     def manifest_key(self, step):
         return manifest_key(uint(step, "step"))
 
     # ---- shards ----
-    def _store_shard(self, step, epoch, framework, payload, checksum, raw=None):
+    def _store_shard(self, key, step, epoch, framework, payload, checksum, raw=None):
         """Stores payload (the shard's bytes as stored: compressed when raw is given as
-        (uncompressed_size, crc)) and returns its record; checksum is payload's CRC32C."""
-        key = self.shard_key(step)
+        (uncompressed_size, crc)) at key and returns its record; checksum is payload's
+        CRC32C."""
         uri = self.base + key
         size = memoryview(payload).nbytes
         c = _client()
@@ -93,10 +99,11 @@ class CheckpointWriter:
         framework = framework_arg(framework)
         mv = buffer_arg(data)
         crc = crc32c(mv)  # of the caller's bytes, before they travel
+        key = self.shard_key(step)
         if self.compression_level is None:
-            return self._store_shard(step, epoch, framework, mv, crc)
+            return self._store_shard(key, step, epoch, framework, mv, crc)
         z = _core.zstd_compress(mv, self.compression_level)
-        return self._store_shard(step, epoch, framework, z, crc32c(z), (mv.nbytes, crc))
+        return self._store_shard(key, step, epoch, framework, z, crc32c(z), (mv.nbytes, crc))
 
     def get_distributed_shard_stream(self, step, epoch, framework):
         """A CheckpointStream: write this rank's shard for step chunk by chunk
@@ -155,7 +162,7 @@ class CheckpointWriter:
             rank, key = r["rank"], r["key"]
             if not shard_key_matches(key, step, rank):
                 raise CheckpointError("%s: step %d: rank %d's record names %r, not a shard "
-                                      "key of that step and rank (e.g. %r)"
+                                      "key of that step and rank (such as %r)"
                                       % (self.base, step, rank, key, self.shard_key(step, rank)))
             try:
                 info = c.stat(self.base + key)
@@ -188,7 +195,8 @@ class CheckpointStream:
 
     write_chunk(data) -> bytes taken; bytes_written(); finalize() -> the shard record (as
     save_distributed_shard's); cancel(). As a context manager it finalizes on success and
-    cancels on an exception.
+    cancels on an exception. Calls from several threads are serialized (a lock): each chunk
+    goes in whole, and a chunk that write_chunk accepted is in the shard finalize stores.
 
     Memory: the client has no streamed upload yet, so the chunks are gathered once in one
     buffer (compressed as they arrive when the store compresses) and uploaded by finalize();
@@ -197,8 +205,9 @@ class CheckpointStream:
     def __init__(self, writer, step, epoch, framework):
         self._w = writer
         self.step, self.epoch, self.framework = step, epoch, framework
-        self.key = writer.shard_key(step)
+        self.key = writer.shard_key(step)  # this stream's own key (a fresh nonce)
         self.record = None
+        self._lock = threading.Lock()
         self._buf = bytearray()
         self._n = 0
         self._crc = 0  # of the uncompressed bytes
@@ -212,16 +221,17 @@ class CheckpointStream:
             self._w.base + self.key, self._n, self._state)
 
     def write_chunk(self, data):
-        if self._state != "open" or self._ended:
-            raise _core.Error("Stream has been %s" % (
-                "cancelled" if self._state == "cancelled" else "finalized"))
         mv = buffer_arg(data)
-        self._crc = crc32c(mv, self._crc)
-        if self._z is None:
-            self._buf += mv
-        else:
-            self._buf += self._z.compress(mv)
-        self._n += mv.nbytes
+        with self._lock:
+            if self._state != "open" or self._ended:
+                raise _core.Error("Stream has been %s" % (
+                    "cancelled" if self._state == "cancelled" else "finalized"))
+            self._crc = crc32c(mv, self._crc)
+            if self._z is None:
+                self._buf += mv
+            else:
+                self._buf += self._z.compress(mv)
+            self._n += mv.nbytes
         return mv.nbytes
 
     def bytes_written(self):
@@ -231,29 +241,32 @@ class CheckpointStream:
     def finalize(self):
         """Stores the shard and returns its record. If the upload fails, the chunks are kept:
         finalize() may be called again, or cancel()."""
-        if self._state != "open":
-            raise _core.Error("Stream already %s" % self._state)
-        if not self._ended:
-            if self._z is not None:
-                self._buf += self._z.flush()
-            self._ended = True
-        w = self._w
-        if self._z is None:
-            rec = w._store_shard(self.step, self.epoch, self.framework, self._buf, self._crc)
-        else:
-            rec = w._store_shard(self.step, self.epoch, self.framework, self._buf,
-                                 crc32c(self._buf), (self._n, self._crc))
-        self._state = "finalized"
-        self._buf = bytearray()
-        self.record = rec
-        return rec
+        with self._lock:
+            if self._state != "open":
+                raise _core.Error("Stream already %s" % self._state)
+            if not self._ended:
+                if self._z is not None:
+                    self._buf += self._z.flush()
+                self._ended = True
+            w = self._w
+            if self._z is None:
+                rec = w._store_shard(self.key, self.step, self.epoch, self.framework,
+                                     self._buf, self._crc)
+            else:
+                rec = w._store_shard(self.key, self.step, self.epoch, self.framework,
+                                     self._buf, crc32c(self._buf), (self._n, self._crc))
+            self._state = "finalized"
+            self._buf = bytearray()
+            self.record = rec
+            return rec
 
     def cancel(self):
         """Drops the chunks; nothing is stored. A no-op after finalize or cancel."""
-        if self._state == "open":
-            self._state = "cancelled"
-        self._buf = bytearray()
-        self._z = None
+        with self._lock:
+            if self._state == "open":
+                self._state = "cancelled"
+            self._buf = bytearray()
+            self._z = None
 
     def __enter__(self):
         return self

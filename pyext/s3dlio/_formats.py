@@ -236,15 +236,21 @@ def _npy_array(np, mv, where):
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        else:
+        elif version in ((2, 0), (3, 0)):  # 3.0 differs by a UTF-8 header only
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    except ValueError as e:
+        else:
+            raise ValueError("unsupported .npy format version %d.%d" % version)
+    except (ValueError, TypeError, SyntaxError, OverflowError) as e:
+        # numpy's header parser (a literal_eval of the header dict) on crafted bytes
         raise _core.InvalidArgumentError("%s: not a .npy array: %s" % (where, e)) from None
     if dtype.hasobject:
         raise _core.InvalidArgumentError("%s: an object array (pickled data) is not read"
                                          % where)
     count = 1
     for d in shape:
+        if d < 0:
+            raise _core.InvalidArgumentError("%s: negative dimension in shape %r"
+                                             % (where, shape))
         count *= d
     start = fp.tell()
     if len(mv) - start < count * dtype.itemsize:
@@ -257,16 +263,32 @@ def _npy_array(np, mv, where):
 
 
 def _stored_member(mv, info):
-    """The bytes of a stored (uncompressed) zip member, sliced from mv (no copy)."""
+    """The bytes of a stored (uncompressed) zip member, sliced from mv (no copy). Every
+    offset the archive gives is checked against its size first (crafted archives)."""
     off = info.header_offset
+    if off < 0 or off + 30 > len(mv):
+        raise _core.InvalidArgumentError(
+            "the local header of %s (30 bytes at offset %d) is not inside the archive "
+            "(%d bytes)" % (info.filename, off, len(mv)))
     if mv[off:off + 4] != b"PK\x03\x04":
         raise _core.InvalidArgumentError("bad local header for %s" % info.filename)
     name_len, extra_len = struct.unpack_from("<HH", mv, off + 26)
     start = off + 30 + name_len + extra_len
+    if start + info.file_size > len(mv):
+        raise _core.InvalidArgumentError(
+            "the data of %s (%d bytes at offset %d) runs past the end of the archive (%d "
+            "bytes)" % (info.filename, info.file_size, start, len(mv)))
     data = mv[start:start + info.file_size]
-    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-        raise _core.InvalidArgumentError("bad CRC-32 or size for %s" % info.filename)
+    if zlib.crc32(data) != info.CRC:
+        raise _core.InvalidArgumentError("bad CRC-32 for %s" % info.filename)
     return data
+
+
+def _malformed():
+    """What zipfile, struct and zlib raise on malformed archives (beyond BadZipFile)."""
+    import zipfile
+    return (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, zlib.error, ValueError,
+            IndexError, KeyError, EOFError, OverflowError, OSError, NotImplementedError)
 
 
 def read_npz(uri, array_name=None):
@@ -283,11 +305,23 @@ def read_npz(uri, array_name=None):
     if array_name is not None and not isinstance(array_name, str):
         raise TypeError("array_name must be a str or None, not %s" % type(array_name).__name__)
     mv = memoryview(_client().get(uri))
-    if mv[:6] == b"\x93NUMPY":
-        return _npy_array(np, mv, uri)
+    try:
+        if mv[:6] == b"\x93NUMPY":
+            return _npy_array(np, mv, uri)
+        return _npz_array(np, zipfile, mv, uri, array_name)
+    except _core.Error:
+        raise
+    except _malformed() as e:
+        # anything else a crafted archive makes the parsers raise: the package's error
+        raise _core.InvalidArgumentError("%s: malformed .npz archive: %s: %s"
+                                         % (uri, type(e).__name__, e)) from None
+
+
+def _npz_array(np, zipfile, mv, uri, array_name):
+    """array_name (None: the last) of the .npz archive in mv."""
     try:
         zf = zipfile.ZipFile(_MemReader(mv))
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
+    except _malformed() as e:
         raise _core.InvalidArgumentError("%s is not an .npz archive: %s" % (uri, e)) from None
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -309,10 +343,11 @@ def read_npz(uri, array_name=None):
                 member = _stored_member(mv, info)
             else:
                 member = memoryview(zf.read(info))  # deflated (np.savez_compressed)
-        except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError) as e:
-            raise _core.InvalidArgumentError("%s: %s" % (where, e)) from None
         except _core.InvalidArgumentError as e:
             raise _core.InvalidArgumentError("%s: %s" % (where, e)) from None
+        except _malformed() as e:
+            raise _core.InvalidArgumentError("%s: %s: %s" % (where, type(e).__name__, e)) \
+                from None
         return _npy_array(np, member, where)
 
 

@@ -8,8 +8,14 @@ asked) in one growing bytearray and stores it with a single put_bytes, sent from
 without a further copy, when it is finalized / closed. Nothing is stored before that, and
 nothing at all if finalize() / close() is never reached (or, for MultipartUploadWriter, on an
 exception inside ``with``): a partial object is never written.
+
+Threads: each writer serializes its calls with a lock (the original raised "already
+borrowed" instead), so chunks written from several threads at once go in whole, one after
+another, and a write either lands in the stored object or raises because the writer was
+finalized / closed first.
 """
 
+import threading
 import time
 
 from . import _core
@@ -164,7 +170,8 @@ class PyObjectWriter:
     when compressing) and returns (bytes_written, compressed_bytes).
 
     Nothing is stored until finalize(), and nothing if it is never called (the client has no
-    streamed upload yet: the writer holds the object, compressed when asked, in memory)."""
+    streamed upload yet: the writer holds the object, compressed when asked, in memory).
+    Calls from several threads are serialized (see the module doc)."""
 
     def __init__(self, uri, options=None):
         opts = options if options is not None else PyWriterOptions()
@@ -177,6 +184,7 @@ class PyObjectWriter:
             if not uri.endswith(_ZSTD_EXT):
                 uri += _ZSTD_EXT
         self.uri = uri
+        self._lock = threading.Lock()
         self._buf = _Buffer()
         self._written = 0
         self._crc = 0
@@ -189,16 +197,17 @@ class PyObjectWriter:
 
     def write_chunk(self, data):
         """Adds data (any bytes-like object) to the object."""
-        self._live()
         mv = _data(data, "write_chunk")
-        self._crc = _core.crc32c(mv, self._crc)
-        self._written += len(mv)
-        if self._zstd is None:
-            self._buf.append(mv)
-        else:
-            out = self._zstd.compress(mv)
-            if out:
-                self._buf.append(out)
+        with self._lock:
+            self._live()
+            self._crc = _core.crc32c(mv, self._crc)
+            self._written += len(mv)
+            if self._zstd is None:
+                self._buf.append(mv)
+            else:
+                out = self._zstd.compress(mv)
+                if out:
+                    self._buf.append(out)
 
     def write_owned_bytes(self, data):
         """write_chunk(data) (the original's variant that takes ownership; same here)."""
@@ -207,18 +216,19 @@ class PyObjectWriter:
     def finalize(self):
         """Stores the object; returns (bytes_written, compressed_bytes), compressed_bytes
         being the stored size. A second call raises Error (a RuntimeError)."""
-        if self._final is not None:
-            raise _core.Error("Writer already finalized")
-        if not self._sealed:
-            self._sealed = True
-            if self._zstd is not None:
-                self._buf.append(self._zstd.flush())
-                self._zstd = None
-        buf = self._buf.buf
-        _client().put_bytes(self.uri, buf)  # on failure finalize() may be called again
-        self._final = (self._written, len(buf))
-        self._buf.take()
-        return self._final
+        with self._lock:
+            if self._final is not None:
+                raise _core.Error("Writer already finalized")
+            if not self._sealed:
+                self._sealed = True
+                if self._zstd is not None:
+                    self._buf.append(self._zstd.flush())
+                    self._zstd = None
+            buf = self._buf.buf
+            _client().put_bytes(self.uri, buf)  # on failure finalize() may be called again
+            self._final = (self._written, len(buf))
+            self._buf.take()
+            return self._final
 
     def bytes_written(self):
         """Bytes given to the writer (before compression)."""
@@ -305,7 +315,8 @@ class MultipartUploadWriter:
     Nothing is stored before close(), and nothing at all on abort(), on an exception inside
     ``with``, or if the writer is dropped unclosed (the client has no streamed upload yet:
     the object is held in one growing buffer; reserve() hands out a view of that buffer, so
-    reserve/commit copies nothing)."""
+    reserve/commit copies nothing). Calls from several threads are serialized (see the module
+    doc); a reservation is the writer's until commit(), whichever thread made it."""
 
     def __init__(self, bucket, key, part_size=None, max_in_flight=None, content_type=None,
                  abort_on_drop=None):
@@ -341,6 +352,7 @@ class MultipartUploadWriter:
         self.max_in_flight = max_in_flight or _DEFAULT_MAX_IN_FLIGHT
         self.content_type = content_type
         self.abort_on_drop = True if abort_on_drop is None else bool(abort_on_drop)
+        self._lock = threading.Lock()
         self._buf = _Buffer()
         self._pending = None   # (offset, size, memoryview) between reserve() and commit()
         self._closed = False
@@ -357,71 +369,77 @@ class MultipartUploadWriter:
 
     def write(self, data):
         """Appends data (any bytes-like object); returns the number of bytes accepted."""
-        self._live()
-        self._no_pending("write()")
         mv = _data(data, "write()")
-        self._buf.append(mv)
+        with self._lock:
+            self._live()
+            self._no_pending("write()")
+            self._buf.append(mv)
         return len(mv)
 
     def reserve(self, size):
         """A writable memoryview of size bytes at the end of the object, in the writer's own
         buffer: fill it, then commit(nbytes). Only one may be pending; the view is released
         by commit()."""
-        self._live()
-        self._no_pending("reserve()")
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError("size must be an int, not %s" % type(size).__name__)
         if size < 0:
             raise _core.InvalidArgumentError("size must be >= 0, got %d" % size)
-        start = self._buf.grow(size)
-        mv = memoryview(self._buf.buf)[start:start + size]
-        self._pending = (start, size, mv)
+        with self._lock:
+            self._live()
+            self._no_pending("reserve()")
+            start = self._buf.grow(size)
+            mv = memoryview(self._buf.buf)[start:start + size]
+            self._pending = (start, size, mv)
         return mv
 
     def commit(self, nbytes):
         """Keeps the first nbytes of the reserved buffer (the rest is dropped). nbytes past
         the reserved size raises InvalidArgumentError (a ValueError and RuntimeError) and
         leaves the reservation pending."""
-        self._live()
-        if self._pending is None:
-            raise _core.Error("no pending buffer; call reserve() first")
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
-            raise TypeError("nbytes must be an int, not %s" % type(nbytes).__name__)
-        start, size, mv = self._pending
-        if nbytes < 0 or nbytes > size:
-            raise _core.InvalidArgumentError(
-                "commit(nbytes=%d) exceeds reserved size %d" % (nbytes, size))
-        self._pending = None
-        _release(mv)
-        if nbytes < size:
-            self._buf.truncate(start + nbytes)
+        with self._lock:
+            self._live()
+            if self._pending is None:
+                raise _core.Error("no pending buffer; call reserve() first")
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+                raise TypeError("nbytes must be an int, not %s" % type(nbytes).__name__)
+            start, size, mv = self._pending
+            if nbytes < 0 or nbytes > size:
+                raise _core.InvalidArgumentError(
+                    "commit(nbytes=%d) exceeds reserved size %d" % (nbytes, size))
+            self._pending = None
+            _release(mv)
+            if nbytes < size:
+                self._buf.truncate(start + nbytes)
 
     def flush(self):
         """Nothing to send early (the object is stored whole by close())."""
-        self._live()
+        with self._lock:
+            self._live()
 
     @property
     def total_bytes(self):
         """Bytes committed so far."""
-        return len(self._buf) - (self._pending[1] if self._pending else 0)
+        with self._lock:
+            return len(self._buf) - (self._pending[1] if self._pending else 0)
 
     def close(self):
         """Stores the object; returns {etag, total_bytes, parts, started_at, completed_at}
         (times in Unix seconds). A pending reserve() is dropped, not stored. A second call
         raises Error (a RuntimeError)."""
-        if self._closed:
-            raise _core.Error("writer already closed")
-        if self._pending is not None:
-            start, _, mv = self._pending
-            self._pending = None
-            _release(mv)
-            self._buf.truncate(start)
-        buf = self._buf.buf
-        c = _client()
-        c.put_bytes(self.uri, buf)  # a failure leaves the writer open: close() may be retried
-        total = len(buf)
-        self._closed = True
-        self._buf.take()
+        with self._lock:
+            if self._closed:
+                raise _core.Error("writer already closed")
+            if self._pending is not None:
+                start, _, mv = self._pending
+                self._pending = None
+                _release(mv)
+                self._buf.truncate(start)
+            buf = self._buf.buf
+            c = _client()
+            c.put_bytes(self.uri, buf)  # on failure the writer stays open: close() may retry
+            total = len(buf)
+            self._closed = True
+            self._buf.take()
         try:
             etag = c.stat(self.uri).get("etag")
         except _core.Error:
@@ -431,11 +449,12 @@ class MultipartUploadWriter:
 
     def abort(self):
         """Drops everything written; nothing is stored. Harmless when closed already."""
-        if self._pending is not None:
-            _release(self._pending[2])
-            self._pending = None
-        self._closed = True
-        self._buf.take()
+        with self._lock:
+            if self._pending is not None:
+                _release(self._pending[2])
+                self._pending = None
+            self._closed = True
+            self._buf.take()
 
     def __enter__(self):
         return self

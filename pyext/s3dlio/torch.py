@@ -11,9 +11,12 @@ PyTorch.
   workers (always: the original gave every worker every item). Ranks: ``rank`` and
   ``world_size`` if given, else, with ``enable_sharding`` (the default of
   ObjectStoreIterableDataset, not of S3IterableDataset, as in the original),
-  ``torch.distributed`` when initialised. Call ``set_epoch(e)`` each epoch (as with
-  DistributedSampler) when DataLoader workers are not persistent: workers are copies, so their
-  epoch counter does not advance on its own.
+  ``torch.distributed`` when initialised. Each epoch has a new order: the dataset counts its
+  epochs, and in DataLoader workers (copies whose counter starts again each epoch unless
+  they are persistent) torch's per-epoch base seed is mixed in, so the orders follow
+  ``torch.manual_seed`` (or the DataLoader's ``generator``) and every worker of an epoch
+  agrees on one. ``set_epoch(e)`` (as with DistributedSampler) instead makes the order
+  depend on ``seed`` and ``e`` only.
 - ``S3MapDataset`` / ``ObjectStoreMapDataset(uri, *, reader_mode, part_size,
   max_inflight_parts, writable, suppress_nonwritable_warning, return_type)``: ``ds[i]`` fetches
   object i; sharding is the sampler's job (DistributedSampler).
@@ -202,6 +205,14 @@ class _Items:
         return (uri, x) if self.return_uri else x
 
 
+def _mix_seed(seed, base_seed):
+    """One 63-bit seed from the dataset's seed and torch's per-epoch base seed."""
+    m = (1 << 64) - 1
+    h = ((seed & m) * 0x9E3779B97F4A7C15 + (base_seed & m)) & m
+    h = ((h ^ (h >> 31)) * 0xBF58476D1CE4E5B9) & m  # splitmix64's finalizer
+    return (h ^ (h >> 29)) >> 1
+
+
 class ObjectStoreIterableDataset(_Items, _TorchIterable):
     """Objects streamed as uint8 tensors (or bytes, or readers), each exactly once per epoch
     across ranks and DataLoader workers (see the module doc). Loader options come from
@@ -234,6 +245,7 @@ class ObjectStoreIterableDataset(_Items, _TorchIterable):
         self.enable_sharding = (self._default_sharding if enable_sharding is None
                                 else as_bool("enable_sharding", enable_sharding))
         self._epoch = 0
+        self._epoch_set = False  # set_epoch() called: the order is the seed's and the epoch's
 
     @property
     def shuffle(self):
@@ -265,9 +277,16 @@ class ObjectStoreIterableDataset(_Items, _TorchIterable):
 
     def set_epoch(self, epoch):
         self._epoch = int(epoch)
+        self._epoch_set = True
 
     def _loader(self):
         o = dict(self.opts)
+        info = torch.utils.data.get_worker_info()
+        if info is not None and not self._epoch_set:
+            # Workers are fresh copies each epoch (their counter restarts): mix in torch's
+            # base seed of this epoch (worker seed - worker id), drawn from torch's RNG for
+            # every new DataLoader iterator and the same in all of its workers.
+            o["seed"] = _mix_seed(o["seed"], info.seed - info.id)
         if self.rank is not None or self.world_size is not None or (
                 self.enable_sharding and not self._opts_sharded):
             o["shard_rank"], o["shard_world_size"] = _dist_rank_world(self.rank,

@@ -7,6 +7,7 @@ in S3DLIO_TEST_CKPT_BASES (space-separated, e.g. s3://bucket/ckpt-tests/) for cl
 the connected server serves."""
 import json
 import os
+import re
 import threading
 import uuid
 
@@ -97,11 +98,15 @@ def test_save_load_several_steps_and_world_sizes(s3, base, world):
     assert set(pointer) == {"manifest_key", "global_step", "ts"}
 
 
-def test_ranks_agree_on_paths_without_talking(s3, base):
+def test_ranks_need_not_agree_on_shard_keys(s3, base):
+    """Every save has its own shard key (a fresh nonce), carried to rank 0 by its record; the
+    manifest key depends on the step only."""
     a = s3.CheckpointStore(base).writer(4, 1)
     b = s3.CheckpointWriter(base, world_size=4, rank=1)
-    assert a.shard_key(7) == b.shard_key(7) == "shards/ckpt-7/rank-1.bin"
-    assert a.manifest_key(7) == "manifests/ckpt-7.json"
+    keys = [a.shard_key(7), a.shard_key(7), b.shard_key(7)]
+    assert all(re.fullmatch(r"shards/ckpt-7/rank-1\.[0-9a-f]{12}\.bin", k) for k in keys)
+    assert len(set(keys)) == 3
+    assert a.manifest_key(7) == b.manifest_key(7) == "manifests/ckpt-7.json"
 
 
 def test_single_rank_save_and_meta(s3, base):
@@ -158,7 +163,7 @@ def test_finalize_refuses_missing_or_short_shard(s3, base):
     with pytest.raises(s3.CheckpointError, match="rank"):
         store.writer(2, 0).finalize_distributed_checkpoint(1, 0, "numpy", recs[:1])
     _corrupt(s3, base + recs[1]["key"], "truncate")
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         store.writer(2, 0).finalize_distributed_checkpoint(1, 0, "numpy", recs)
     assert not s3.exists(base + "latest.json")
 
@@ -171,12 +176,12 @@ def test_corruption_detected(s3, base, how):
     reader = store.reader()
     m = reader.load_latest_manifest()
     assert bytes(reader.read_shard_by_rank(m, 0)) == _payload(0, 1)
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         reader.read_shard_by_rank(m, 1)
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         reader.read_shard_into(m, 1, bytearray(8192))
     _corrupt(s3, base + recs[0]["key"], how)
-    with pytest.raises(s3.CheckpointError, match="rank-0.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-0\.[0-9a-f]{12}\.bin"):
         store.load_latest()
     with pytest.raises(s3.CheckpointError):
         s3.load_checkpoint_with_validation(base)

@@ -14,6 +14,7 @@ Small objects only, except one shard above the servers' 6 MiB multipart threshol
 """
 import json
 import os
+import re
 import threading
 import uuid
 
@@ -261,9 +262,12 @@ def test_save_load_several_steps_and_world_sizes(cb, base, world):
         [(s, world, "complete") for s in (10, 20, 30)]
     pointer = json.loads(bytes(s3.get(base + "latest.json")))
     assert pointer["global_step"] == 30 and pointer["manifest_key"] == m["manifest_key"]
-    # the layout every rank computes without talking, as stored on the backend
-    assert sorted(s3.list(base + "shards/ckpt-30/", recursive=True)) == \
-        [f"{base}shards/ckpt-30/rank-{r}.bin" for r in range(world)]
+    # the layout as stored on the backend: one shard per rank, each save's own nonce
+    stored = sorted(s3.list(base + "shards/ckpt-30/", recursive=True))
+    assert len(stored) == world and all(
+        re.fullmatch(re.escape(base) + r"shards/ckpt-30/rank-%d\.[0-9a-f]{12}\.bin" % r, u)
+        for r, u in enumerate(stored))
+    assert stored == sorted(base + s["key"] for s in m["shards"])
 
 
 def test_large_shard_multipart(cb, base):
@@ -287,8 +291,8 @@ def test_latest_after_crash_between_shards_and_manifest(cb, base):
     store = s3.CheckpointStore(base)
     _save_distributed(s3, base, 1, 2, user_meta={"s": 1})
     # step 2: every shard written, the job dies before rank 0 writes the manifest
-    _save_distributed(s3, base, 2, 2, finalize=False)
-    assert s3.exists(base + "shards/ckpt-2/rank-1.bin")
+    recs2 = _save_distributed(s3, base, 2, 2, finalize=False)
+    assert s3.exists(base + recs2[1]["key"])
     assert not s3.exists(base + "manifests/ckpt-2.json")
     m = store.reader().load_latest_manifest()
     assert m["global_step"] == 1 and m["user_meta"] == {"s": 1}
@@ -305,7 +309,7 @@ def test_latest_after_crash_between_shards_and_manifest(cb, base):
     s3.put_bytes(base + "latest.json", b'{"manifest_key": "manif')
     assert store.reader().load_latest_manifest()["global_step"] == 1
     # finishing step 2 afterwards moves the pointer
-    keys = [f"shards/ckpt-2/rank-{r}.bin" for r in range(2)]
+    keys = [recs2[r]["key"] for r in range(2)]
     recs = [{"rank": r, "key": keys[r], "size": 777 + r, "etag": s3.stat(base + keys[r])["etag"],
              "checksum": "crc32c:%08x" % s3.crc32c(_payload(r, 2, 777 + r))} for r in range(2)]
     store.writer(2, 0).finalize_distributed_checkpoint(2, 0, "bytes", recs)
@@ -334,19 +338,19 @@ def test_corrupted_shard_detected(cb, base, how):
     m = reader.load_latest_manifest()
     assert reader.read_shard_by_rank(m, 0) == _payload(0, 1, 777)
     want = "CRC32C" if how == "flip" else "size"
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin") as ei:
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin") as ei:
         reader.read_shard_by_rank(m, 1)
     assert want.lower() in str(ei.value).lower(), str(ei.value)
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         reader.read_shard_into(m, 1, bytearray(4096))
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         store.load(1, rank=1)
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         with reader.open_shard(m, 1) as f:  # the file-like path (torch.load), read in order
             while f.read(100):
                 pass
     _corrupt(s3, b, base + recs[0]["key"], how)
-    with pytest.raises(s3.CheckpointError, match="rank-0.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-0\.[0-9a-f]{12}\.bin"):
         store.load_latest()
     with pytest.raises(s3.CheckpointError):
         s3.load_checkpoint_with_validation(base)
@@ -359,7 +363,7 @@ def test_finalize_refuses_truncated_shard(cb, base):
     store = s3.CheckpointStore(base)
     recs = _save_distributed(s3, base, 1, 2, finalize=False)
     _corrupt(s3, b, base + recs[1]["key"], "truncate")
-    with pytest.raises(s3.CheckpointError, match="rank-1.bin"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-1\.[0-9a-f]{12}\.bin"):
         store.writer(2, 0).finalize_distributed_checkpoint(1, 0, "bytes", recs)
     assert not s3.exists(base + "latest.json")
     assert store.reader().load_latest_manifest() is None

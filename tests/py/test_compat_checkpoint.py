@@ -42,6 +42,12 @@ def _payload(n, seed=0):
     return np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8).tobytes()
 
 
+def _is_key(key, prefix, rank, ext=".bin"):
+    """key is one save's shard key: prefix, rank-{rank}, a 12-hex-digit nonce, ext."""
+    return re.fullmatch(r"%srank-%d\.[0-9a-f]{12}%s" % (re.escape(prefix), rank,
+                                                      re.escape(ext)), key) is not None
+
+
 # ---- names ----
 
 def test_original_names_are_the_seed_classes(s3):
@@ -154,7 +160,7 @@ def test_strategies_lay_out_shards(s3, base, strategy, rank, prefix):
     store = s3.PyCheckpointStore(base, strategy=strategy)
     recs = [store.writer(rank + 1, r).save_distributed_shard(5, 0, "t", b"%d" % r)
             for r in (0, rank)]
-    assert recs[1]["key"] == "%srank-%d.bin" % (prefix, rank)
+    assert _is_key(recs[1]["key"], prefix, rank), recs[1]["key"]
     assert s3.exists(base + recs[1]["key"])
     assert store.delete_checkpoint(5)  # finds shards without a manifest too
     assert not s3.exists(base + recs[1]["key"]) and not s3.exists(base + recs[0]["key"])
@@ -186,7 +192,7 @@ def test_compression_round_trip_and_corruption(s3, base):
     store.save(1, 1, "torch", data, None)
     m = store.reader().load_latest_manifest()
     rec = m["shards"][0]
-    assert rec["key"] == "shards/ckpt-1/rank-0.bin.zst"
+    assert _is_key(rec["key"], "shards/ckpt-1/", 0, ".bin.zst"), rec["key"]
     stored = s3.get(base + rec["key"])
     # size and checksum cover the stored frame; the uncompressed ones are recorded beside
     assert rec["size"] == len(stored) < len(data)
@@ -223,7 +229,7 @@ def test_compression_round_trip_and_corruption(s3, base):
     m1 = json.loads(bytes(s3.get(base + key1)))
     m1["shards"][0]["checksum"] = None
     s3.put_bytes(base + key1, json.dumps(m1).encode())
-    with pytest.raises(s3.CheckpointError, match="rank-0.bin.zst"):
+    with pytest.raises(s3.CheckpointError, match=r"rank-0\.[0-9a-f]{12}\.bin\.zst"):
         store.load(1)
 
 
@@ -257,7 +263,7 @@ def test_stream_write_cancel_finalize(s3, base):
     rec = s.finalize()
     assert {"step", "epoch", "rank", "key", "size", "etag", "checksum"} <= set(rec)
     assert (rec["step"], rec["epoch"], rec["rank"], rec["size"]) == (1, 3, 0, len(data))
-    assert rec["key"] == "shards/ckpt-1/rank-0.bin"
+    assert _is_key(rec["key"], "shards/ckpt-1/", 0), rec["key"]
     assert rec["checksum"] == "crc32c:%08x" % s3.crc32c(data)
     assert s3.get(base + rec["key"]) == data
     with pytest.raises(RuntimeError, match="finalized"):
@@ -317,7 +323,7 @@ def test_module_functions_original_and_seed_forms(s3, base):
     assert s3.load_checkpoint(base + "nothing-here") is None
     recs = [s3.save_distributed_shard(base + "d", 4, 2, "jax", b"r%d" % r, 2, r)
             for r in range(2)]
-    assert recs[1]["rank"] == 1 and recs[1]["key"] == "shards/ckpt-4/rank-1.bin"
+    assert recs[1]["rank"] == 1 and _is_key(recs[1]["key"], "shards/ckpt-4/", 1)
     assert s3.finalize_distributed_checkpoint(base + "d", 4, 2, "jax", recs, 2, 0,
                                               {"u": 1}) == "manifests/ckpt-4.json"
     m = s3.PyCheckpointStore(base + "d").reader().load_latest_manifest()
@@ -433,6 +439,252 @@ def test_reads_a_checkpoint_laid_out_by_the_original(s3, base):
     assert store.delete_checkpoint(9) and store.load_latest() == raw
     assert store.delete_checkpoint(8) and store.load_latest() is None
     assert s3.list(base, recursive=True) == []
+
+
+# ---- re-saves, damaged manifests and pointers, bounds (the review of issue 10) ----
+
+def _shards_of(s3, base, step):
+    return sorted(u[len(base):] for u in s3.list(base, recursive=True)
+                  if "/ckpt-%d/" % step in u)
+
+
+def test_resave_of_a_step_never_overwrites_its_complete_shards(s3, base):
+    store = s3.PyCheckpointStore(base)
+    store.save(10, 0, "torch", b"A" * 1000, None)
+    store.save(20, 0, "torch", b"B" * 1000, None)
+    first = _shards_of(s3, base, 20)
+    # the restarted job saves step 20 again and dies after its shard, before finalize
+    w = store.writer(1, 0)
+    rec = w.save_distributed_shard(20, 0, "torch", b"C" * 999)
+    assert rec["key"] not in first and len(_shards_of(s3, base, 20)) == 2
+    assert store.load_latest() == b"B" * 1000  # latest.json's checkpoint is intact
+    s3.delete(base + "latest.json")
+    assert store.load_latest() == b"B" * 1000  # and so is the scan's
+    # two saves of one step never share a key, streamed or not
+    s = w.get_distributed_shard_stream(20, 0, "torch")
+    s.write_chunk(b"D" * 10)
+    assert s.key != rec["key"] and s.key != w.shard_key(20) != w.shard_key(20)
+    s.cancel()
+    # finishing the re-save moves the checkpoint to it
+    w.finalize_distributed_checkpoint(20, 0, "torch", [rec])
+    assert store.load_latest() == b"C" * 999 and store.load(20) == b"C" * 999
+    # delete removes the shards of every save of the step, and only those
+    assert store.delete_checkpoint(20)
+    assert _shards_of(s3, base, 20) == []
+    assert store.load_latest() == b"A" * 1000 and len(_shards_of(s3, base, 10)) == 1
+
+
+def test_shards_of_the_earlier_layout_load_and_finalize(s3, base):
+    """This package's shards before nonces (rank-{r}.bin): read, and accepted by finalize."""
+    store = s3.PyCheckpointStore(base)
+    keys = ["shards/ckpt-3/rank-%d.bin" % r for r in range(2)]
+    for r, k in enumerate(keys):
+        s3.put_bytes(base + k, b"old %d" % r)
+    recs = [{"rank": r, "key": k, "size": 5, "checksum": "crc32c:%08x" % s3.crc32c(b"old %d" % r)}
+            for r, k in enumerate(keys)]
+    store.writer(2, 0).finalize_distributed_checkpoint(3, 0, "torch", recs)
+    assert store.load(3, rank=1) == b"old 1" and store.load_latest() == b"old 0"
+    assert s3.load_checkpoint_with_validation(base + keys[1]) == b"old 1"
+    with pytest.raises(RuntimeError, match="not a shard key"):
+        store.writer(2, 0).finalize_distributed_checkpoint(
+            3, 0, "torch", [recs[0], dict(recs[1], key="shards/ckpt-3/rank-1.xyz.bin")])
+    assert store.delete_checkpoint(3) and s3.list(base, recursive=True) == []
+
+
+def test_delete_checkpoint_deletes_only_shards_of_its_step(s3, base):
+    store = s3.PyCheckpointStore(base)
+    store.save(1, 0, "torch", b"one", None)
+    store.save(2, 0, "torch", b"two", None)
+    key1 = store.reader().load_manifest(1)["shards"][0]["key"]
+    s3.put_bytes(base + "datasets/train.bin", b"precious")
+    # a damaged (or crafted) manifest of step 2 names other objects under the base
+    mkey = base + "manifests/ckpt-2.json"
+    m = json.loads(bytes(s3.get(mkey)))
+    m["shards"] += [{"rank": 1, "key": "datasets/train.bin", "size": 8},
+                    {"rank": 2, "key": key1, "size": 3},
+                    {"rank": 0, "key": "shards/ckpt-2/../../datasets/train.bin", "size": 8},
+                    {"rank": 0, "key": "latest.json", "size": 1},
+                    {"rank": 0, "key": None}, "not a record"]
+    s3.put_bytes(mkey, json.dumps(m).encode())
+    assert store.delete_checkpoint(2)
+    assert s3.get(base + "datasets/train.bin") == b"precious"
+    assert s3.exists(base + key1) and store.load_latest() == b"one"
+    assert _shards_of(s3, base, 2) == []
+
+
+@pytest.mark.parametrize("pointer", [
+    {"manifest_key": "../elsewhere/manifests/ckpt-1.json", "global_step": 1},
+    {"manifest_key": "", "global_step": 1},
+    {"manifest_key": "manifests/", "global_step": 1},
+    {"manifest_key": "manifests/ckpt-1.json\0", "global_step": 1},
+    {"manifest_key": "manifests/ckpt-1.json\n", "global_step": 1},
+    {"manifest_key": "/manifests/ckpt-1.json", "global_step": 1},
+    {"manifest_key": "x/manifests/ckpt-1.json", "global_step": 1},
+    {"manifest_key": "shards/ckpt-1/rank-0.bin", "global_step": 1},
+    {"manifest_key": {"x": 1}, "global_step": 1},
+    {"manifest_key": 7},
+    {"global_step": 1},
+    ["manifests/ckpt-1.json"],
+    "manifests/ckpt-1.json",
+])
+def test_unusable_latest_pointer_falls_back_to_the_scan(s3, base, pointer):
+    store = s3.PyCheckpointStore(base)
+    store.save(1, 0, "torch", b"good", None)
+    s3.put_bytes(base + "latest.json", json.dumps(pointer).encode())
+    assert store.load_latest() == b"good"
+    assert store.reader().load_latest_manifest()["global_step"] == 1
+    assert s3.load_checkpoint(base) == b"good"
+    assert s3.load_checkpoint_with_validation(base) == b"good"
+
+
+def test_zst_named_objects_of_save_checkpoint_round_trip(s3, base):
+    """save_checkpoint(uri, data) stores data as given, whatever uri's name: a ".zst" name
+    is the user's, not a sign of this package's compression."""
+    import s3dlio._core as core
+    uri = base + "obj/model.zst"
+    raw = b"plain bytes, not a zstd frame" * 10
+    s3.save_checkpoint(uri, raw)
+    assert s3.load_checkpoint_with_validation(uri) == raw
+    assert s3.load_checkpoint(uri) == raw
+    pre = core.zstd_compress(b"user data " * 100)  # the user's own zstd bytes
+    s3.save_checkpoint(uri, pre)
+    assert s3.load_checkpoint_with_validation(uri) == pre
+    assert s3.load_checkpoint(uri) == pre
+    # a compressed store's records say compression: "zstd"; only those are decompressed
+    store = s3.PyCheckpointStore(base + "z", compression_level=3)
+    store.save(1, 0, "torch", raw, None)
+    assert store.reader().load_latest_manifest()["shards"][0]["compression"] == "zstd"
+    assert store.load_latest() == raw
+
+
+def _zeros_frame(core, mib):
+    """A zstd frame (no declared size) of mib MiB of zeros, a few KiB long."""
+    z = core.ZstdCompressor(3)
+    block = bytes(1 << 20)
+    return b"".join([z.compress(block) for _ in range(mib)] + [z.flush()])
+
+
+def test_decompression_is_bounded_for_records_without_uncompressed_size(s3, base):
+    """A compressed shard whose record has no uncompressed_size (the original's manifests, or
+    a damaged one) decompresses to at most max(64 MiB, 1024 x its stored size)."""
+    import s3dlio._core as core
+    store = s3.PyCheckpointStore(base, compression_level=3)
+    store.save(1, 0, "torch", b"small" * 10, None)
+    mkey = base + "manifests/ckpt-1.json"
+    m = json.loads(bytes(s3.get(mkey)))
+    rec = m["shards"][0]
+    bomb = _zeros_frame(core, 100)
+    assert len(bomb) * 1024 < 64 << 20  # the 64 MiB floor is the limit here
+    s3.put_bytes(base + rec["key"], bomb)
+    rec.update(size=len(bomb), checksum="crc32c:%08x" % s3.crc32c(bomb))
+    for k in ("uncompressed_size", "uncompressed_checksum"):
+        del rec[k]
+    s3.put_bytes(mkey, json.dumps(m).encode())
+    with pytest.raises(s3.CheckpointError, match=str(64 << 20)) as ei:
+        store.load_latest()
+    assert rec["key"] in str(ei.value)
+    with pytest.raises(s3.CheckpointError, match=str(64 << 20)):
+        s3.load_checkpoint_with_validation(base + rec["key"])
+    # within the bound it loads: 40 MiB of zeros from the same kind of record
+    ok = _zeros_frame(core, 40)
+    s3.put_bytes(base + rec["key"], ok)
+    rec.update(size=len(ok), checksum="crc32c:%08x" % s3.crc32c(ok))
+    s3.put_bytes(mkey, json.dumps(m).encode())
+    assert len(store.load_latest()) == 40 << 20
+    # with uncompressed_size, that is the bound
+    rec["uncompressed_size"] = 1 << 20
+    s3.put_bytes(mkey, json.dumps(m).encode())
+    with pytest.raises(s3.CheckpointError, match=str(1 << 20)):
+        store.load_latest()
+
+
+# ---- threads ----
+
+def _check_interleaving(data, chunks, size):
+    """data is the chunks, each whole and exactly once, each thread's in its order."""
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    assert sorted(pieces) == sorted(chunks.values())
+    where = {c: k for k, c in chunks.items()}
+    seen = {}
+    for p in pieces:
+        t, i = where[p]
+        assert seen.get(t, -1) < i
+        seen[t] = i
+
+
+def _threaded_chunks(nthreads, count, size):
+    return {(t, i): bytes([t + 1]) * 4 + i.to_bytes(4, "little") + os.urandom(size - 8)
+            for t in range(nthreads) for i in range(count)}
+
+
+def _run_threads(fn, nthreads):
+    import threading
+    errors = []
+
+    def run(t):
+        try:
+            fn(t)
+        except BaseException as e:  # noqa: B902 (reported by the test)
+            errors.append(e)
+    ts = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("level", [None, 1])
+def test_stream_written_from_threads(s3, base, level):
+    store = s3.PyCheckpointStore(base, compression_level=level)
+    w = store.writer(1, 0)
+    size, count = 1 << 18, 12
+    chunks = _threaded_chunks(4, count, size)
+    s = w.get_distributed_shard_stream(1, 0, "torch")
+    _run_threads(lambda t: [s.write_chunk(chunks[(t, i)]) for i in range(count)], 4)
+    rec = s.finalize()
+    assert s.bytes_written() == 4 * count * size
+    w.finalize_distributed_checkpoint(1, 0, "torch", [rec])
+    _check_interleaving(bytes(store.load_latest()), chunks, size)  # CRC32C checked too
+
+
+def _race_close(write, close, chunk, closed_error):
+    """Writes chunk from a thread while close() runs, until a write raises closed_error (the
+    writer is closed; anything else fails); returns the bytes accepted before."""
+    import threading
+    accepted, ended = [], []
+    started = threading.Event()
+
+    def writer():
+        started.set()
+        while True:
+            try:
+                write(chunk)
+            except BaseException as e:  # noqa: B902 (checked below)
+                ended.append(e)
+                return
+            accepted.append(len(chunk))
+    t = threading.Thread(target=writer)
+    t.start()
+    started.wait()
+    close()
+    t.join()
+    assert len(ended) == 1 and isinstance(ended[0], closed_error), ended
+    return sum(accepted)
+
+
+def test_object_writer_from_threads_and_racing_close(s3, base):
+    size, count = 1 << 16, 40
+    chunks = _threaded_chunks(4, count, size)
+    f = s3.open_writer(base + "obj/threads.bin")
+    _run_threads(lambda t: [f.write(chunks[(t, i)]) for i in range(count)], 4)
+    f.close()
+    _check_interleaving(s3.get(base + "obj/threads.bin").to_bytes(), chunks, size)
+    # a write either lands in the stored object or raises ValueError (closed)
+    f = s3.open_writer(base + "obj/race.bin")
+    f.write(bytes(64 << 20))
+    n = _race_close(f.write, f.close, b"y" * 65536, ValueError)
+    assert s3.stat(base + "obj/race.bin")["size"] == (64 << 20) + n
 
 
 # ---- s3:// through the emulator ----

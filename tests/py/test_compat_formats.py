@@ -131,6 +131,68 @@ def test_read_npz_errors(local):
         mod.read_npz(uri, 3)
 
 
+def _npy_with_header(header, data=b""):
+    h = header.encode("latin1")
+    h += b" " * ((-(10 + len(h) + 1)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + data
+
+
+def test_read_npz_crafted_archives(local):
+    """Offsets and headers of a crafted archive are checked: InvalidArgumentError (a
+    ValueError and RuntimeError) naming the cause, never a bare struct.error, IndexError or
+    zipfile.BadZipFile."""
+    mod, path, b = local
+    uri = b + "crafted.npz"
+    # the central directory sends the member's local header into the archive's comment,
+    # 14 bytes before the end: its 30 bytes cannot fit
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        m = io.BytesIO()
+        np.save(m, np.arange(4, dtype=np.uint8))
+        z.writestr("data.npy", m.getvalue())
+        z.comment = b"PK\x03\x04" + b"\0" * 10
+    blob = bytearray(buf.getvalue())
+    cd = blob.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", blob, cd + 42, len(blob) - 14)
+    mod.put_bytes(uri, bytes(blob))
+    with pytest.raises(mod.InvalidArgumentError, match="local header.*not inside the archive"):
+        mod.read_npz(uri)
+    # a member whose data runs past the end
+    blob = bytearray(buf.getvalue())
+    struct.pack_into("<I", blob, cd + 42, 0)
+    lh_size = struct.unpack_from("<I", blob, 22)[0]
+    struct.pack_into("<II", blob, cd + 20, lh_size + 1000, lh_size + 1000)
+    mod.put_bytes(uri, bytes(blob))
+    with pytest.raises(RuntimeError) as ei:
+        mod.read_npz(uri)
+    assert isinstance(ei.value, ValueError) and isinstance(ei.value, mod.Error)
+    # .npy headers: a negative dimension, a shape that is no tuple, an unknown version
+    for npy in (_npy_with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (-1,), }",
+                                 bytes(16)),
+                _npy_with_header("{'descr': '<i4', 'fortran_order': False, 'shape': 'x', }"),
+                _npy_with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }")
+                .replace(b"NUMPY\x01", b"NUMPY\x09", 1),
+                _npy_with_header("{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }",
+                                 bytes(15))):
+        mod.put_bytes(b + "crafted.npy", npy)
+        with pytest.raises(mod.InvalidArgumentError):
+            mod.read_npz(b + "crafted.npy")
+    # every truncation and many byte changes of real archives: an array or the package's error
+    for blob in (_npz_bytes(a=np.arange(20, dtype=np.int32), b=np.ones((3, 4))),
+                 _npz_bytes(True, a=np.arange(20, dtype=np.int32), b=np.ones((3, 4)))):
+        cases = [blob[:n] for n in range(0, len(blob), 3)]
+        for i in range(max(0, len(blob) - 200), len(blob)):
+            for v in (0x00, 0xFF, blob[i] ^ 0x80):
+                cases.append(blob[:i] + bytes([v]) + blob[i + 1:])
+        for case in cases:
+            mod.put_bytes(uri, case)
+            for name in (None, "b"):
+                try:
+                    mod.read_npz(uri, name)
+                except mod.Error:
+                    pass
+
+
 # ---- TFRecord framing written here, independently of the package ----
 def _masked(crc):
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF

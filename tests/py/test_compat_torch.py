@@ -113,6 +113,39 @@ def test_dataloader_two_workers_each_item_once(objs, shuffle):
         assert len(got) == N and sorted(got) == sorted(items.values()), type(ds).__name__
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("objs", ["file"], indirect=True)
+def test_dataloader_workers_new_order_each_epoch(objs):
+    """Without set_epoch(), DataLoader workers (fresh copies each epoch) still shuffle anew
+    every epoch, reproducibly under torch.manual_seed, each item once per epoch."""
+    s3, st, prefix, items = objs
+    ds = st.S3IterableDataset.from_prefix(prefix, shuffle=True, seed=1, return_type="bytes")
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+
+    def epochs(n, seed):
+        torch.manual_seed(seed)
+        return [list(dl) for _ in range(n)]
+    e = epochs(3, 1234)
+    for order in e:
+        assert len(order) == N and sorted(order) == sorted(items.values())
+    assert e[0] != e[1] and e[1] != e[2] and e[0] != e[2]
+    assert epochs(3, 1234) == e  # the same torch seed: the same orders
+    assert epochs(1, 4321)[0] != e[0]
+    # set_epoch(): the order is the dataset seed's and the epoch's, whatever torch's seed
+    ds.set_epoch(5)
+    torch.manual_seed(1)
+    a = list(dl)
+    ds.set_epoch(5)
+    torch.manual_seed(2)
+    assert list(dl) == a and sorted(a) == sorted(items.values())
+    # persistent workers count their epochs themselves
+    ds = st.S3IterableDataset.from_prefix(prefix, shuffle=True, seed=1, return_type="bytes")
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                     persistent_workers=True)
+    p = [list(dl) for _ in range(2)]
+    assert p[0] != p[1] and sorted(p[0]) == sorted(p[1]) == sorted(items.values())
+
+
 def test_shuffle_and_seed_determinism(objs):
     s3, st, prefix, items = objs
     listing = [items[u] for u in sorted(items)]
