@@ -59,25 +59,30 @@ def _local_error(e, what, path):
 _U64 = struct.Struct("<Q")
 
 
-def _tfrecord_entries(mv):
+def _tfrecord_scan(n, header_at):
+    """The (offset, size) of every record of n bytes whose 12-byte record headers
+    header_at(pos) gives (fewer bytes at the end)."""
     entries = []
-    n = len(mv)
     pos = 0
-    unpack = _U64.unpack_from
     while pos < n:
-        if n - pos < 12:
+        head = header_at(pos)
+        if len(head) < 12:
             raise _core.InvalidArgumentError(
                 "Truncated TFRecord at offset %d: a record header needs 12 bytes, only %d "
-                "remaining" % (pos, n - pos))
-        (length,) = unpack(mv, pos)
+                "remaining" % (pos, len(head)))
+        (length,) = _U64.unpack_from(head, 0)
         end = pos + 16 + length
         if end > n:
             raise _core.InvalidArgumentError(
-                "Truncated TFRecord at offset %d: expected %d bytes, only %d remaining"
-                % (pos, length, n - pos - 12))
+                "Truncated TFRecord at offset %d: the record's data and CRC need %d bytes, "
+                "only %d remain" % (pos, length + 4, n - pos - 12))
         entries.append((pos, end - pos))
         pos = end
     return entries
+
+
+def _tfrecord_entries(mv):
+    return _tfrecord_scan(len(mv), lambda pos: mv[pos:pos + 12])
 
 
 def _index_text(entries):
@@ -95,19 +100,20 @@ def index_tfrecord_bytes(tfrecord_bytes):
     return _index_text(get_tfrecord_index_entries(tfrecord_bytes))
 
 
-def _read_local(path, what):
-    """(buffer, closer) of a local file's bytes, memory-mapped (nothing copied)."""
-    import mmap
+def _local_tfrecord_entries(path):
+    """The index entries of a local TFRecord file, read header by header (12 bytes a record,
+    then past its data): no copy of the file, and nothing mapped, so a file another program
+    truncates meanwhile is a clean error, not a SIGBUS."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=0)
     except OSError as e:
-        raise _local_error(e, "Failed to open %s" % what, path) from None
+        raise _local_error(e, "Failed to open TFRecord file", path) from None
     with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return b"", lambda: None
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return m, m.close
+        fd = f.fileno()
+        try:
+            return _tfrecord_scan(os.fstat(fd).st_size, lambda pos: os.pread(fd, 12, pos))
+        except OSError as e:
+            raise _local_error(e, "Failed to read TFRecord file", path) from None
 
 
 def _write_local(path, data):
@@ -142,15 +148,7 @@ def create_tfrecord_index(tfrecord_path, index_path=None):
     if _has_scheme(tfrecord_path):
         entries = _tfrecord_entries(memoryview(_client().get(tfrecord_path)))
     else:
-        buf, close = _read_local(tfrecord_path, "TFRecord file")
-        try:
-            mv = memoryview(buf)
-            try:
-                entries = _tfrecord_entries(mv)
-            finally:
-                mv.release()
-        finally:
-            close()
+        entries = _local_tfrecord_entries(tfrecord_path)
     text = _index_text(entries).encode("ascii")
     if _has_scheme(index_path):
         _client().put_bytes(index_path, text)

@@ -324,3 +324,29 @@ def test_zip_reader_sees_one_member(local):
     with zipfile.ZipFile(os.path.join(path, "zipcheck", "o.npz")) as z:
         assert z.namelist() == ["data.npy"] and z.testzip() is None
         assert z.getinfo("data.npy").compress_type == zipfile.ZIP_STORED
+
+
+def test_tfrecord_index_of_a_local_file_reads_headers_only(s3dlio_mod, tmp_path):
+    """A local TFRecord is scanned header by header: a 4 GiB record (sparse here) costs a few
+    reads, not 4 GiB of memory, and the index agrees with the in-memory parse."""
+    import resource
+    import struct
+    p = tmp_path / "big.tfrecord"
+    small = struct.pack("<Q", 3) + b"\0" * 4 + b"abc" + b"\0" * 4
+    big_len = 4 << 30
+    with open(p, "wb") as f:
+        f.write(small)
+        f.write(struct.pack("<Q", big_len) + b"\0" * 4)
+        f.seek(big_len + 4, os.SEEK_CUR)   # data and CRC: a hole
+        f.write(small)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert s3dlio_mod.create_tfrecord_index(str(p)) == 3
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 256 << 10, "the scan read the file into memory"
+    want = [(0, 19), (19, big_len + 16), (19 + big_len + 16, 19)]
+    assert s3dlio_mod.read_tfrecord_index(str(p) + ".idx") == want
+    os.truncate(p, 19 + 16 + 100)                     # the big record cut short
+    with pytest.raises(ValueError) as ei:
+        s3dlio_mod.create_tfrecord_index(str(p), str(tmp_path / "x.idx"))
+    assert "Truncated TFRecord at offset 19" in str(ei.value)
+    assert not (tmp_path / "x.idx").exists()
