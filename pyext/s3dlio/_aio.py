@@ -15,6 +15,7 @@ import os
 import threading
 
 from . import _ops
+from ._threads import run_each
 
 __all__ = ["get_async", "get_range_async", "get_many_async", "get_many_stats_async",
            "stat_async", "stat_many_async", "put_bytes_async", "exists_async", "mkdir_async"]
@@ -68,7 +69,7 @@ def stat_async(uri):
 def _stat_many(uris):
     if isinstance(uris, (str, bytes)):
         raise TypeError("uris must be a list of str, not a single string")
-    return _ops._run_all(_ops.stat, uris, 64)
+    return run_each(_ops.stat, uris, 64)
 
 
 def stat_many_async(uris):

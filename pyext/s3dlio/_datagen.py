@@ -21,6 +21,7 @@ import threading
 
 from . import _core, _formats
 from ._server import client as _client
+from ._threads import run_each
 
 __all__ = ["put", "put_async", "put_many", "put_many_async", "generate_data",
            "generate_data_with_threads", "generate_into_buffer", "py_total_cpus",
@@ -347,47 +348,7 @@ def _put_objects(prefix, uris, size, max_in_flight, kind, dedup, compress,
                                     lambda buf: fill(buf, dedup, compress, gen_threads))
         c.put_bytes(uri, obj)
 
-    _each(one, uris, workers)
-
-
-def _each(fn, items, workers):
-    """fn(item) for every item on up to workers threads. After a failure no new item starts;
-    the failure of the earliest item (in input order) is raised."""
-    if not items:
-        return
-    if workers <= 1:
-        for it in items:
-            fn(it)
-        return
-    lock = threading.Lock()
-    feed = iter(enumerate(items))
-    failures = []
-
-    def work():
-        while True:
-            with lock:
-                if failures:
-                    return
-                nxt = next(feed, None)
-            if nxt is None:
-                return
-            i, it = nxt
-            try:
-                fn(it)
-            except BaseException as e:  # noqa: B902 (re-raised in the caller's thread)
-                with lock:
-                    failures.append((i, e))
-                return
-
-    threads = [threading.Thread(target=work, name="s3dlio-put")
-               for _ in range(min(workers, len(items)) - 1)]
-    for t in threads:
-        t.start()
-    work()
-    for t in threads:
-        t.join()
-    if failures:
-        raise min(failures, key=lambda f: f[0])[1]
+    run_each(one, uris, workers)
 
 
 def put(prefix, num, template=None, max_in_flight=64, size=None, should_create_bucket=False,
@@ -456,7 +417,7 @@ def _items(items):
 
 def _put_items(items, max_in_flight):
     c = _client()
-    _each(lambda it: c.put_bytes(it[0], it[1]), items, min(max_in_flight, 64))
+    run_each(lambda it: c.put_bytes(it[0], it[1]), items, min(max_in_flight, 64))
 
 
 def put_many(items, max_in_flight=64):

@@ -26,6 +26,7 @@ import time
 
 from . import _core
 from ._server import client as _client
+from ._threads import run_each
 
 __all__ = [
     "get", "get_range", "get_many", "get_object", "get_into", "put_bytes", "stat", "exists",
@@ -295,23 +296,6 @@ def get_many_stats(uris, max_in_flight=64):
     return count, total
 
 
-def _pool(n):
-    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(64, n)),
-                                                 thread_name_prefix="s3dlio-io")
-
-
-def _run_all(fn, items, max_in_flight):
-    """fn(item) for every item on up to max_in_flight threads (the C calls release the GIL);
-    the first failure (in input order) raises after the others finished."""
-    items = builtins.list(items)
-    if not items:
-        return []
-    with _pool(min(max_in_flight, len(items))) as ex:
-        futs = [ex.submit(fn, it) for it in items]
-        concurrent.futures.wait(futs)
-    return [f.result() for f in futs]
-
-
 def _umask():
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
@@ -382,7 +366,7 @@ def download(src_uri, dest_dir, max_in_flight=64, recursive=True):
                 % (names[name], u, os.path.join(dest_dir, name)))
         names[name] = u
     os.makedirs(dest_dir, exist_ok=True)
-    _run_all(lambda kv: _download_one(kv[1], os.path.join(dest_dir, kv[0])),
+    run_each(lambda kv: _download_one(kv[1], os.path.join(dest_dir, kv[0])),
              sorted(names.items()), max_in_flight)
     return None
 
@@ -495,7 +479,7 @@ def upload(src_patterns, dest_prefix, max_in_flight=32, create_bucket=False):
                 % (names[name], f, base + name))
         names[name] = f
     budget = _ByteBudget(_UPLOAD_BUDGET)
-    _run_all(lambda f: _upload_one(f, base + os.path.basename(f), budget), files,
+    run_each(lambda f: _upload_one(f, base + os.path.basename(f), budget), files,
              max_in_flight)
     return None
 
