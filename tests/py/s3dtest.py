@@ -728,3 +728,40 @@ def scrape(srv):
 def metric(samples, name, **labels):
     """One sample's value (0 when the server did not print it)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+# ---- writers used from threads (test_compat_writers.py, test_compat_checkpoint.py) ----
+def threaded_chunks(nthreads, count, size):
+    """Distinct chunks of size bytes, tagged with their thread and sequence number:
+    {(thread, i): chunk}."""
+    return {(t, i): bytes([t + 1]) * 4 + i.to_bytes(4, "little") + os.urandom(size - 8)
+            for t in range(nthreads) for i in range(count)}
+
+
+def check_interleaving(data, chunks, size):
+    """data is the chunks, each whole and exactly once, each thread's in its order."""
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    assert sorted(pieces) == sorted(chunks.values())
+    where = {c: k for k, c in chunks.items()}
+    last = {}
+    for p in pieces:
+        t, i = where[p]
+        assert last.get(t, -1) < i
+        last[t] = i
+
+
+def in_threads(fn, nthreads):
+    """fn(t) on nthreads threads at once; any exception fails the test."""
+    errors = []
+
+    def run(t):
+        try:
+            fn(t)
+        except BaseException as e:  # noqa: B902 (reported below)
+            errors.append(e)
+    ts = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []

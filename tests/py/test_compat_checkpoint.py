@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
+import s3dtest
 from test_checkpoint_cloud import clouds  # noqa: F401 (the session's emulators)
 
 
@@ -600,52 +601,18 @@ def test_decompression_is_bounded_for_records_without_uncompressed_size(s3, base
 
 # ---- threads ----
 
-def _check_interleaving(data, chunks, size):
-    """data is the chunks, each whole and exactly once, each thread's in its order."""
-    pieces = [data[i:i + size] for i in range(0, len(data), size)]
-    assert sorted(pieces) == sorted(chunks.values())
-    where = {c: k for k, c in chunks.items()}
-    seen = {}
-    for p in pieces:
-        t, i = where[p]
-        assert seen.get(t, -1) < i
-        seen[t] = i
-
-
-def _threaded_chunks(nthreads, count, size):
-    return {(t, i): bytes([t + 1]) * 4 + i.to_bytes(4, "little") + os.urandom(size - 8)
-            for t in range(nthreads) for i in range(count)}
-
-
-def _run_threads(fn, nthreads):
-    import threading
-    errors = []
-
-    def run(t):
-        try:
-            fn(t)
-        except BaseException as e:  # noqa: B902 (reported by the test)
-            errors.append(e)
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert errors == []
-
-
 @pytest.mark.parametrize("level", [None, 1])
 def test_stream_written_from_threads(s3, base, level):
     store = s3.PyCheckpointStore(base, compression_level=level)
     w = store.writer(1, 0)
     size, count = 1 << 18, 12
-    chunks = _threaded_chunks(4, count, size)
+    chunks = s3dtest.threaded_chunks(4, count, size)
     s = w.get_distributed_shard_stream(1, 0, "torch")
-    _run_threads(lambda t: [s.write_chunk(chunks[(t, i)]) for i in range(count)], 4)
+    s3dtest.in_threads(lambda t: [s.write_chunk(chunks[(t, i)]) for i in range(count)], 4)
     rec = s.finalize()
     assert s.bytes_written() == 4 * count * size
     w.finalize_distributed_checkpoint(1, 0, "torch", [rec])
-    _check_interleaving(bytes(store.load_latest()), chunks, size)  # CRC32C checked too
+    s3dtest.check_interleaving(bytes(store.load_latest()), chunks, size)  # CRC32C checked too
 
 
 def _race_close(write, close, chunk, closed_error):
@@ -675,11 +642,11 @@ def _race_close(write, close, chunk, closed_error):
 
 def test_object_writer_from_threads_and_racing_close(s3, base):
     size, count = 1 << 16, 40
-    chunks = _threaded_chunks(4, count, size)
+    chunks = s3dtest.threaded_chunks(4, count, size)
     f = s3.open_writer(base + "obj/threads.bin")
-    _run_threads(lambda t: [f.write(chunks[(t, i)]) for i in range(count)], 4)
+    s3dtest.in_threads(lambda t: [f.write(chunks[(t, i)]) for i in range(count)], 4)
     f.close()
-    _check_interleaving(s3.get(base + "obj/threads.bin").to_bytes(), chunks, size)
+    s3dtest.check_interleaving(s3.get(base + "obj/threads.bin").to_bytes(), chunks, size)
     # a write either lands in the stored object or raises ValueError (closed)
     f = s3.open_writer(base + "obj/race.bin")
     f.write(bytes(64 << 20))

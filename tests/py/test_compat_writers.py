@@ -443,41 +443,6 @@ def test_multipart_bad_arguments(fs):
 
 
 # ---- threads: each writer serializes its calls ----
-def _chunks(nthreads, count, size):
-    """Distinct chunks, tagged with their thread and sequence number."""
-    return {(t, i): bytes([t + 1]) * 4 + i.to_bytes(4, "little") + os.urandom(size - 8)
-            for t in range(nthreads) for i in range(count)}
-
-
-def _check_interleaving(data, chunks, size):
-    """data is the chunks, each whole and exactly once, each thread's in its order."""
-    pieces = [data[i:i + size] for i in range(0, len(data), size)]
-    assert sorted(pieces) == sorted(chunks.values())
-    where = {c: k for k, c in chunks.items()}
-    last = {}
-    for p in pieces:
-        t, i = where[p]
-        assert last.get(t, -1) < i
-        last[t] = i
-
-
-def _in_threads(fn, nthreads):
-    import threading
-    errors = []
-
-    def run(t):
-        try:
-            fn(t)
-        except BaseException as e:  # noqa: B902 (reported below)
-            errors.append(e)
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert errors == []
-
-
 def _race_close(write, close, chunk):
     """Writes chunk from a thread while close() runs, until a write raises; returns (bytes
     accepted before, what that write raised)."""
@@ -509,15 +474,15 @@ def test_streaming_writer_from_threads(fs, compression):
     o.with_compression(compression, 1)
     w = mod.create_filesystem_writer(base + "threads.bin", o)
     size, count = 1 << 18, 12
-    chunks = _chunks(4, count, size)
-    _in_threads(lambda t: [w.write_chunk(chunks[(t, i)]) for i in range(count)], 4)
+    chunks = s3dtest.threaded_chunks(4, count, size)
+    s3dtest.in_threads(lambda t: [w.write_chunk(chunks[(t, i)]) for i in range(count)], 4)
     written, stored = w.finalize()
     assert written == 4 * count * size
     with open(w.uri.split("://", 1)[1], "rb") as f:
         blob = f.read()
     assert len(blob) == stored
     data = _unzstd(blob) if compression == "zstd" else blob
-    _check_interleaving(data, chunks, size)
+    s3dtest.check_interleaving(data, chunks, size)
     assert w.checksum() == "crc32c:%08x" % mod.crc32c(data)
 
 
@@ -525,7 +490,7 @@ def test_multipart_writer_from_threads(fs):
     mod, path, base = fs
     w = mod.MultipartUploadWriter.from_uri(base + "mpu-threads.bin")
     size, count = 1 << 16, 50
-    chunks = _chunks(4, count, size)
+    chunks = s3dtest.threaded_chunks(4, count, size)
 
     def retry(call, *args):
         # calls are serialized, reserve/commit pairs are not: another thread's reservation
@@ -544,10 +509,10 @@ def test_multipart_writer_from_threads(fs):
                 mv = retry(w.reserve, size)
                 mv[:] = chunks[(t, i)]
                 w.commit(size)
-    _in_threads(work, 4)
+    s3dtest.in_threads(work, 4)
     assert w.close()["total_bytes"] == 4 * count * size
     with open(os.path.join(path, "mpu-threads.bin"), "rb") as f:
-        _check_interleaving(f.read(), chunks, size)
+        s3dtest.check_interleaving(f.read(), chunks, size)
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
