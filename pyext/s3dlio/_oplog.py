@@ -171,7 +171,9 @@ class LoggingClient:
     def raw(self):
         return self._inner
 
-    def _call(self, op, uri, fn, *args, size_of=None, nobj=1, **kw):
+    def _call(self, op, uri, fn, *args, size_of=None, count_of=None, **kw):
+        """fn(*args) recorded as one line: bytes from size_of(result), objects from
+        count_of(result) (default 1)."""
         start = time.time_ns()
         err = None
         res = None
@@ -184,12 +186,13 @@ class LoggingClient:
         finally:
             lg = current()
             if lg is not None:
-                nbytes = 0
-                if err is None and size_of is not None:
+                nbytes, nobj = 0, (1 if count_of is None else 0)
+                if err is None:
                     try:
-                        nbytes = size_of(res)
+                        nbytes = size_of(res) if size_of is not None else 0
+                        nobj = count_of(res) if count_of is not None else 1
                     except Exception:
-                        nbytes = 0
+                        pass
                 lg.record(op, uri, nobj, nbytes, self._inner.url, err, start, time.time_ns())
 
     def get(self, uri, offset=None, length=None):
@@ -230,20 +233,7 @@ class LoggingClient:
         return self._call("HEAD", uri, self._inner.stat, uri, size_of=lambda d: d["size"])
 
     def list(self, uri, recursive=False):
-        start = time.time_ns()
-        err = None
-        res = None
-        try:
-            res = self._inner.list(uri, recursive)
-            return res
-        except BaseException as e:
-            err = "%s: %s" % (type(e).__name__, e)
-            raise
-        finally:
-            lg = current()
-            if lg is not None:
-                lg.record("LIST", uri, len(res) if res is not None else 0, 0,
-                          self._inner.url, err, start, time.time_ns())
+        return self._call("LIST", uri, self._inner.list, uri, recursive, count_of=len)
 
     def delete(self, uri):
         return self._call("DELETE", uri, self._inner.delete, uri)
